@@ -1,0 +1,344 @@
+"""The typed experiment config: one pydantic model per section, defaults live here once.
+
+Covers every section of the DLAE manual's config file (model type, data paths, preprocessing,
+augmentation, loss + parameters, learning-rate schedule, optimizer + parameters, training
+options, monitors, saving) as clean YAML with real types, plus what ctdl adds (sampling,
+inference, post-processing, evaluation). Unknown keys are errors (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Triple = tuple[float, float, float]
+IntTriple = tuple[int, int, int]
+
+NORMALIZATIONS = (
+    "none",
+    "samplewise_unity_x",
+    "samplewise_negpos_x",
+    "global_unity_x",
+    "global_negpos_x",
+    "samplewise_unity_xy",
+    "samplewise_negpos_xy",
+    "global_unity_xy",
+    "global_negpos_xy",
+    "zscore",
+    "unity_minus_mean",
+)
+
+
+class SplitConfig(Section):
+    """How cases are divided into train/validation/test (seeded, stratified where labels allow)."""
+
+    train: float = Field(0.7, ge=0, le=1, description="fraction of cases for training")
+    val: float = Field(0.15, ge=0, le=1, description="fraction of cases for validation")
+    test: float = Field(0.15, ge=0, le=1, description="fraction of cases for testing")
+    seed: Optional[int] = Field(None, description="split seed (default: the experiment seed)")
+    train_cases: Optional[list[str]] = Field(None, description="explicit training case ids (overrides fractions)")
+    val_cases: Optional[list[str]] = Field(None, description="explicit validation case ids")
+    test_cases: Optional[list[str]] = Field(None, description="explicit test case ids")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        return self
+
+
+class DataConfig(Section):
+    """Where the cases are and how they are laid out (DLAE: `paths`)."""
+
+    format: Literal["kits19", "folder", "manifest", "hdf5", "synthetic_kits"] = Field(
+        "kits19", description="dataset layout: kits19 (case_XXXXX/imaging+segmentation), folder (images/labels pair), manifest (CSV path,label[,split]), hdf5 (DLAE), synthetic_kits (phantoms rendered from KiTS19 masks)"
+    )
+    root: Optional[Path] = Field(None, description="dataset root folder (kits19, folder, synthetic_kits)")
+    images_dir: str = Field("images", description="folder layout: sub-folder of images")
+    labels_dir: str = Field("labels", description="folder layout: sub-folder of label maps, matched by file name")
+    manifest: Optional[Path] = Field(None, description="CSV manifest path,label[,split] for classification")
+    train_x: Optional[Path] = Field(None, description="DLAE HDF5 training images")
+    train_y: Optional[Path] = Field(None, description="DLAE HDF5 training annotations")
+    val_x: Optional[Path] = Field(None, description="DLAE HDF5 validation images")
+    val_y: Optional[Path] = Field(None, description="DLAE HDF5 validation annotations")
+    test_x: Optional[Path] = Field(None, description="DLAE HDF5 test images")
+    test_y: Optional[Path] = Field(None, description="HDF5 test annotations (not in DLAE; used for evaluation)")
+    cases: Optional[Union[int, list[str]]] = Field(None, description="limit to the first N cases or to these case ids")
+    classes: list[str] = Field(["background", "kidney", "tumor"], description="class names; index = label value")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    cache_dir: Optional[Path] = Field(None, description="preprocessed-volume cache (default: <output_dir>/.cache)")
+    synth_source: Optional[Path] = Field(None, description="synthetic_kits: folder of KiTS19 masks to render phantoms from")
+    synth_spacing: Optional[Triple] = Field((3.0, 1.5, 1.5), description="synthetic_kits: phantom voxel spacing (D, H, W) mm")
+    synth_margin_slices: Optional[int] = Field(8, description="synthetic_kits: crop slices to kidneys +- this margin")
+
+    @model_validator(mode="after")
+    def _paths(self) -> "DataConfig":
+        if self.format in ("kits19", "folder") and self.root is None:
+            raise ValueError(f"data.root is required for format '{self.format}'")
+        if self.format == "synthetic_kits" and self.synth_source is None:
+            raise ValueError("data.synth_source (a KiTS19 mask folder) is required for format 'synthetic_kits'")
+        if self.format == "manifest" and self.manifest is None:
+            raise ValueError("data.manifest is required for format 'manifest'")
+        if self.format == "hdf5" and (self.train_x is None) != (self.train_y is None):
+            raise ValueError("data.train_x and data.train_y must be given together")
+        if len(self.classes) < 1:
+            raise ValueError("data.classes needs at least one class name")
+        return self
+
+
+class RoiConfig(Section):
+    """Region-of-interest cropping around the kidneys (FCN-PPM: 150 x 150 in-plane window)."""
+
+    enabled: bool = Field(False, description="crop around the foreground before training/inference")
+    size_hw: Optional[tuple[int, int]] = Field(None, description="fixed in-plane window (rows, cols) around each kidney; None = bounding box")
+    margin: IntTriple = Field((4, 8, 8), description="margin in voxels (D, H, W) around the bounding box")
+    per_kidney: bool = Field(False, description="one crop per kidney (connected component) instead of one around both")
+    coarse_spacing: Triple = Field((6.0, 6.0, 6.0), description="spacing of the coarse first-stage pass at inference")
+
+
+class PreprocessingConfig(Section):
+    """Deterministic steps applied to every case (cached on disk)."""
+
+    reorient: bool = Field(True, description="flip to the canonical orientation before anything else")
+    spacing: Optional[Triple] = Field(None, description="resample to this voxel spacing (D, H, W) mm; None keeps native")
+    image_interpolation: Literal["linear", "bspline"] = Field("linear", description="image resampling (labels use nearest)")
+    hu_window: Optional[Union[str, tuple[float, float]]] = Field(
+        "kidney", description="HU clip window: a preset (kidney [-200, 500], abdomen, lung, bone, soft_tissue) or [low, high]"
+    )
+    normalization: str = Field("samplewise_unity_x", description=f"one of {', '.join(NORMALIZATIONS)}")
+    intensity_range: Optional[tuple[float, float]] = Field(None, description="global_* normalizations: dataset [min, max] of the images")
+    label_range: Optional[tuple[float, float]] = Field(None, description="global_*_xy normalizations: dataset [min, max] of the targets")
+    dataset_mean: Optional[float] = Field(None, description="unity_minus_mean: mean to subtract (None = computed on the training set)")
+    roi: RoiConfig = Field(default_factory=RoiConfig)
+    inplane_size: Optional[tuple[int, int]] = Field(None, description="resize every slice to (rows, cols), e.g. 128 x 128 (thesis)")
+    zoom_shape: Optional[IntTriple] = Field(None, description="spline-zoom the whole volume to (D, H, W), e.g. 70 x 224 x 224 (ViPTT-Net)")
+    zoom_order: int = Field(3, ge=0, le=5, description="spline order of zoom_shape")
+    remove_background_slices: bool = Field(False, description="training: drop slices without any foreground label (thesis)")
+    repeat_channels: int = Field(1, ge=1, description="repeat the image along the channel axis (DLAE repeat_X)")
+
+    @field_validator("normalization")
+    @classmethod
+    def _norm(cls, v: str) -> str:
+        if v not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization '{v}'; expected one of {', '.join(NORMALIZATIONS)}")
+        return v
+
+    @field_validator("hu_window")
+    @classmethod
+    def _window(cls, v: Any) -> Any:
+        if isinstance(v, (tuple, list)) and not v[0] < v[1]:
+            raise ValueError(f"hu_window low must be below high, got {list(v)}")
+        return v
+
+
+class SamplingConfig(Section):
+    """How training examples are drawn from preprocessed volumes."""
+
+    mode: Literal["patch3d", "slices2d", "blocks3d", "whole"] = Field(
+        "patch3d", description="patch3d: random 3D patches; slices2d: axial slices; blocks3d: N-slice blocks with overlap (thesis); whole: entire volumes"
+    )
+    patch_size: IntTriple = Field((32, 64, 64), description="patch3d: patch (D, H, W)")
+    samples_per_volume: int = Field(4, ge=1, description="patches drawn per volume per epoch")
+    class_ratios: Optional[list[float]] = Field(
+        None, description="patch3d: probability of centring a patch on each class (e.g. [1, 1, 2] oversamples tumour); None = uniform positions"
+    )
+    block_slices: int = Field(32, ge=1, description="blocks3d: slices per block (thesis 32)")
+    block_overlap: int = Field(12, ge=0, description="blocks3d: overlap between blocks (thesis 12)")
+    tumor_duplication: int = Field(0, ge=0, description="extra copies of slices/blocks containing tumour (thesis: 4)")
+    tumor_label: int = Field(2, ge=1, description="label value treated as tumour for oversampling")
+
+
+class AugmentationConfig(Section):
+    """Random training-time augmentation (MONAI transforms), image and label together."""
+
+    enabled: bool = Field(True, description="apply augmentation to training samples (DLAE apply_augmentation_switch)")
+    flip_axes: list[int] = Field([2], description="spatial axes (0=D, 1=H, 2=W) flipped at random (W = left-right = DLAE horizontal flip)")
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    rotation_deg: float = Field(0.0, ge=0, description="max in-plane rotation in degrees (thesis 5)")
+    rotation_choices: Optional[list[float]] = Field(None, description="draw the rotation angle from this discrete set instead (ViPTT-Net)")
+    zoom: float = Field(0.0, ge=0, lt=1, description="max zoom fraction, e.g. 0.05 = +-5 %")
+    shift_px: int = Field(0, ge=0, description="max in-plane shift in pixels (thesis 10)")
+    shear_deg: float = Field(0.0, ge=0, description="max in-plane shear in degrees (DLAE shear_range)")
+    intensity_scale: float = Field(0.0, ge=0, description="random multiplicative intensity jitter fraction")
+    intensity_shift: float = Field(0.0, ge=0, description="random additive intensity jitter (normalized units)")
+    brightness_range: Optional[tuple[float, float]] = Field(None, description="DLAE brightness: multiply by U(low, high)")
+    channel_shift: float = Field(0.0, ge=0, description="DLAE channel shift range")
+    noise_std: float = Field(0.0, ge=0, description="additive Gaussian noise std (normalized units)")
+    prob: float = Field(0.5, ge=0, le=1, description="probability of each spatial/intensity transform")
+    fill_mode: Literal["nearest", "constant", "reflect", "wrap"] = Field("nearest", description="edge filling for affine transforms")
+    cval: float = Field(0.0, description="fill value for fill_mode=constant")
+    rounds: int = Field(1, ge=1, description="amplification of the training set per epoch (DLAE rounds)")
+
+
+class LossConfig(Section):
+    """Loss function from the loss registry, with its parameters."""
+
+    name: str = Field("dice_ce", description="registered loss name (ctdl losses lists them)")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the loss")
+    class_weights: Optional[Union[Literal["balanced"], list[float]]] = Field(
+        None, description="per-class weights, or 'balanced' (computed from training label frequencies, scikit-learn rule)"
+    )
+    class_weight_factors: Optional[list[float]] = Field(None, description="multiply the class weights by these per-class factors (thesis)")
+
+
+class OptimizerConfig(Section):
+    """Optimizer and its parameters (every optimizer DLAE offers, plus AdamW)."""
+
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax", "nadam"] = Field("adam")
+    lr: float = Field(1e-3, gt=0, description="base learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
+    momentum: float = Field(0.9, ge=0, description="SGD / RMSprop momentum")
+    nesterov: bool = Field(False, description="SGD Nesterov momentum")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam-family beta1, beta2")
+    eps: float = Field(1e-8, gt=0, description="numerical epsilon")
+    rho: float = Field(0.9, gt=0, lt=1, description="RMSprop alpha / Adadelta rho")
+
+
+class ScheduleConfig(Section):
+    """Learning-rate schedule, stepped once per epoch (plateau on the monitored value)."""
+
+    name: Literal["none", "multistep", "step", "exponential", "time_decay", "plateau", "polynomial", "cosine"] = Field("none")
+    milestones: list[int] = Field([3, 5, 7], description="multistep: epochs at which lr is multiplied by gamma (FCN-PPM [3, 5, 7])")
+    gamma: float = Field(0.1, gt=0, description="multistep/step/exponential factor")
+    step_size: int = Field(3, ge=1, description="step: period in epochs")
+    decay: float = Field(0.0, ge=0, description="time_decay: lr = lr0 / (1 + decay * epoch)")
+    factor: float = Field(0.1, gt=0, lt=1, description="plateau: multiply lr by this")
+    patience: int = Field(3, ge=0, description="plateau: epochs without improvement")
+    cooldown: int = Field(0, ge=0, description="plateau: epochs to wait after a reduction")
+    min_lr: float = Field(0.0, ge=0, description="lower bound on the learning rate")
+    power: float = Field(0.9, gt=0, description="polynomial: exponent")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs before the schedule")
+
+
+class EarlyStoppingConfig(Section):
+    enabled: bool = Field(False)
+    patience: int = Field(10, ge=1, description="epochs without improvement of the monitored value")
+    min_delta: float = Field(0.0, ge=0)
+    restore_best: bool = Field(True, description="restore the best weights when stopping")
+
+
+class TrainingConfig(Section):
+    """Training loop options (DLAE `training_configurations`)."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(2, ge=1)
+    steps_per_epoch: Optional[int] = Field(None, ge=1, description="cap on batches per epoch (None = one pass)")
+    val_every: int = Field(1, ge=1, description="validate every N epochs")
+    monitor: str = Field("val_dice_mean", description="value used for best checkpoint, plateau and early stopping")
+    monitor_mode: Literal["min", "max"] = Field("max")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip gradient norm to this value")
+    amp: bool = Field(False, description="mixed precision where the device supports it (CUDA)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+    shuffle: bool = Field(True)
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (None = torch default)")
+    deterministic: bool = Field(True, description="deterministic algorithms where available")
+
+
+class MonitorsConfig(Section):
+    """Extra metrics logged each epoch (DLAE `monitors`)."""
+
+    metrics: list[str] = Field(["dice"], description="validation metrics: dice, jaccard, weighted_jaccard, accuracy, mse, mae")
+
+
+class CheckpointConfig(Section):
+    """What is saved (DLAE `save_configurations`); every write is atomic."""
+
+    save_last: bool = Field(True)
+    save_best: bool = Field(True)
+    every_n: int = Field(0, ge=0, description="also keep a checkpoint every N epochs (0 = off)")
+    csv: bool = Field(True, description="history.csv")
+    tensorboard: bool = Field(True, description="TensorBoard event files")
+
+
+class CrfConfig(Section):
+    enabled: bool = Field(False)
+    iterations: int = Field(5, ge=1)
+    w_gaussian: float = Field(3.0, ge=0)
+    sigma_gaussian_mm: float = Field(3.0, gt=0)
+    w_bilateral: float = Field(5.0, ge=0)
+    sigma_bilateral_mm: float = Field(10.0, gt=0)
+    sigma_intensity: float = Field(0.1, gt=0, description="intensity sigma in normalized image units")
+
+
+class LargestComponentConfig(Section):
+    enabled: bool = Field(False)
+    connectivity: Literal[6, 18, 26] = Field(18, description="3D connectivity (FCN-PPM: 18)")
+    keep: int = Field(2, ge=1, description="components kept (1 per ROI, 2 for a full CT with both kidneys)")
+
+
+class PostprocessConfig(Section):
+    crf: CrfConfig = Field(default_factory=CrfConfig)
+    largest_component: LargestComponentConfig = Field(default_factory=LargestComponentConfig)
+    fill_holes: bool = Field(False)
+
+
+class InferenceConfig(Section):
+    """Whole-volume prediction."""
+
+    method: Literal["voting", "sliding_window", "slices2d"] = Field("sliding_window")
+    window: int = Field(64, ge=1, description="voting: sub-volume depth in slices (FCN-PPM 64)")
+    overlap_slices: int = Field(16, ge=0, description="voting: overlap between sub-volumes")
+    roi_size: Optional[IntTriple] = Field(None, description="sliding_window: window (D, H, W); None = sampling.patch_size")
+    overlap: float = Field(0.25, ge=0, lt=1, description="sliding_window: overlap fraction")
+    blend: Literal["gaussian", "constant"] = Field("gaussian")
+    tta_flips: bool = Field(False, description="average predictions over flips")
+    batch_size: int = Field(1, ge=1)
+    two_stage: bool = Field(False, description="coarse pass finds the kidneys, the model runs only on their crops")
+
+
+class EvaluationConfig(Section):
+    kidney_includes_tumor: bool = Field(False, description="score 'kidney' as kidney+tumour (KiTS19 convention)")
+    report_cases: int = Field(4, ge=0, description="cases shown as overlays in the HTML report")
+
+
+class ModelConfig(Section):
+    """Model from the registry (DLAE prebuilt) or a DLAE layer list."""
+
+    name: str = Field("unet3d_small", description="registered model name (ctdl models lists them)")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
+    in_channels: Optional[int] = Field(None, ge=1, description="input channels (default: preprocessing.repeat_channels)")
+    pretrained: Optional[Path] = Field(None, description="local weight file (never downloaded)")
+    layers: Optional[list[str]] = Field(None, description="DLAE serial layer list (instead of name)")
+
+
+class ExperimentConfig(Section):
+    """A whole experiment. DLAE's `config_file.model_signal` is `task`."""
+
+    name: str = Field("experiment", description="run name (the run folder is <output_dir>/<name>)")
+    task: Literal["segmentation", "classification", "regression", "gan", "detection"] = Field("segmentation")
+    seed: int = Field(0, description="seeds Python, NumPy and torch")
+    output_dir: Path = Field(Path("runs"), description="parent folder of run folders")
+    data: DataConfig
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    monitors: MonitorsConfig = Field(default_factory=MonitorsConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.data.classes)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
