@@ -1,0 +1,32 @@
+"""Loss registry: ``create_loss("weighted_dice", weights="balanced")`` -> ``nn.Module``.
+
+Losses register themselves in :mod:`ctdl.losses.segmentation`; the helpers here import
+that module explicitly (no folder scanning) so the registry is always filled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ctdl.registry import Registry
+
+LOSSES: Registry[nn.Module] = Registry("loss")
+
+
+def _ensure_registered() -> None:
+    """Import the modules that register losses (idempotent)."""
+    import ctdl.losses.segmentation  # noqa: F401
+
+
+def create_loss(name: str, **kwargs: Any) -> nn.Module:
+    """Build the loss registered as ``name``; ``None`` keyword arguments keep the defaults."""
+    _ensure_registered()
+    return LOSSES.create(name, **kwargs)
+
+
+def list_losses(pattern: str = "*") -> list[str]:
+    """Sorted names of the registered losses matching a glob ``pattern``."""
+    _ensure_registered()
+    return LOSSES.names(pattern)
