@@ -334,6 +334,9 @@ class ExperimentConfig(Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    scales: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named override sets, e.g. {demo: {training.epochs: 2}}, applied by --scale NAME"
+    )
 
     @property
     def n_classes(self) -> int:
