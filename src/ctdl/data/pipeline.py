@@ -1,0 +1,195 @@
+"""The deterministic preprocessing chain of a segmentation experiment, and its inverse.
+
+geometry stage (cached on disk): reorient -> resample to target spacing -> HU window
+intensity stage (cheap, in memory): normalization (with dataset statistics frozen in a *plan*)
+ROI stage: crop around the foreground (label in training; a coarse pass or the whole volume at inference)
+
+Following nnU-Net, every data-dependent choice (dataset mean, intensity range) is computed
+once on the training cases and frozen into ``plan`` (a plain dict) that travels with the model
+in its checkpoint; the disk cache is keyed by a hash of the settings that produce it, so a
+changed setting never reuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctdl.config.schema import PreprocessingConfig
+from ctdl.data import preprocess as pp
+from ctdl.data.sampling import PreparedCase
+from ctdl.io import Volume
+from ctdl.io.atomic import atomic_path
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class GeometryContext:
+    """What is needed to map a prediction back onto the original image grid."""
+
+    original: Volume  # header-only use: shape, affine, file_axes (array dropped to save memory)
+    reoriented: Volume
+    resampled_affine: np.ndarray
+    resampled_shape: tuple[int, int, int]
+    bbox: tuple[slice, slice, slice] | None = None
+
+
+def _empty_like(vol: Volume) -> Volume:
+    """A geometry-only stand-in for ``vol`` (1-byte broadcast array: no memory held)."""
+    return Volume(np.broadcast_to(np.zeros((), np.uint8), vol.shape), vol.affine.copy(), dict(vol.meta), vol.file_axes)
+
+
+class SegPreprocessor:
+    """Applies a :class:`PreprocessingConfig` to (image, label) volumes and inverts it for predictions."""
+
+    def __init__(self, cfg: PreprocessingConfig, plan: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.plan: dict[str, Any] = dict(plan or {})
+
+    # -- geometry ----------------------------------------------------------------------
+    def geometry(self, image: Volume, label: Volume | None = None) -> tuple[Volume, Volume | None, GeometryContext]:
+        cfg = self.cfg
+        img_r = pp.reorient(image) if cfg.reorient else image
+        lab_r = pp.reorient(label) if (cfg.reorient and label is not None) else label
+        img_s, lab_s = img_r, lab_r
+        if cfg.spacing is not None and not np.allclose(img_r.spacing, cfg.spacing, atol=1e-3):
+            order = 3 if cfg.image_interpolation == "bspline" else 1
+            img_s = pp.resample(img_r, cfg.spacing, order=order)
+            if lab_r is not None:
+                lab_s = pp.resample(lab_r, cfg.spacing, is_label=True)
+        arr = img_s.array.astype(np.float32, copy=False)
+        if cfg.hu_window is not None:
+            arr = pp.clip_hu(arr, cfg.hu_window)
+        img_s = Volume(arr, img_s.affine, img_s.meta, img_s.file_axes)
+        ctx = GeometryContext(_empty_like(image), _empty_like(img_r), img_s.affine.copy(), img_s.shape)
+        return img_s, lab_s, ctx
+
+    # -- intensity ---------------------------------------------------------------------
+    def window_bounds(self) -> tuple[float, float] | None:
+        if self.cfg.hu_window is None:
+            return None
+        return pp.resolve_window(self.cfg.hu_window)
+
+    def fit(self, images: list[np.ndarray]) -> dict[str, Any]:
+        """Freeze dataset statistics (the plan) from training images after the geometry stage."""
+        cfg = self.cfg
+        rng = cfg.intensity_range or self.window_bounds()
+        if rng is not None:
+            self.plan["intensity_range"] = [float(rng[0]), float(rng[1])]
+        if cfg.normalization == "unity_minus_mean":
+            if cfg.dataset_mean is not None:
+                self.plan["dataset_mean"] = float(cfg.dataset_mean)
+            else:
+                lo, hi = self._unity_range(images)
+                total = sum(float(((a - lo) / (hi - lo)).sum(dtype=np.float64)) for a in images)
+                count = sum(a.size for a in images)
+                self.plan["dataset_mean"] = total / max(count, 1)
+        if cfg.normalization.startswith("global") and "intensity_range" not in self.plan:
+            self.plan["intensity_range"] = [float(min(a.min() for a in images)), float(max(a.max() for a in images))]
+        return self.plan
+
+    def _unity_range(self, images: list[np.ndarray] | None = None) -> tuple[float, float]:
+        if "intensity_range" in self.plan:
+            lo, hi = self.plan["intensity_range"]
+            return float(lo), float(hi)
+        if images:
+            return float(min(a.min() for a in images)), float(max(a.max() for a in images))
+        raise ValueError("intensity range unknown: call fit() first or set preprocessing.intensity_range")
+
+    def intensity(self, arr: np.ndarray) -> np.ndarray:
+        """Normalize one image array (geometry stage output) to the network's input range."""
+        kind = self.cfg.normalization
+        if kind == "none":
+            out = arr.astype(np.float32)
+        elif kind == "zscore":
+            out = pp.zscore(arr)
+        elif kind == "unity_minus_mean":
+            lo, hi = self._unity_range()
+            out = (arr - lo) / (hi - lo) - float(self.plan.get("dataset_mean", 0.0))
+        elif kind.startswith("global"):
+            out, _ = pp.normalize(arr, kind, x_range=self._unity_range())
+        else:
+            out, _ = pp.normalize(arr, kind)
+        out = np.asarray(out, dtype=np.float32)
+        return np.repeat(out[None], self.cfg.repeat_channels, axis=0)
+
+    # -- ROI -----------------------------------------------------------------------------
+    def roi_bbox(self, label: np.ndarray) -> tuple[slice, slice, slice] | None:
+        if not self.cfg.roi.enabled or not label.any():
+            return None
+        return pp.foreground_bbox(label, margin=self.cfg.roi.margin)
+
+    # -- whole chain ---------------------------------------------------------------------
+    def prepare(self, case_id: str, image: Volume, label: Volume | None, geometry_cache: "GeometryCache | None" = None,
+                use_label_roi: bool = True) -> tuple[PreparedCase, GeometryContext]:
+        if geometry_cache is not None:
+            img_s, lab_s, ctx = geometry_cache.get_or_make(case_id, self, image, label)
+        else:
+            img_s, lab_s, ctx = self.geometry(image, label)
+        arr = img_s.array
+        lab = lab_s.array.astype(np.uint8) if lab_s is not None else None
+        if use_label_roi and lab is not None:
+            ctx.bbox = self.roi_bbox(lab)
+        if ctx.bbox is not None:
+            arr = arr[ctx.bbox]
+            lab = lab[ctx.bbox] if lab is not None else None
+        case = PreparedCase(case_id, self.intensity(arr), lab, tuple(img_s.spacing))  # type: ignore[arg-type]
+        return case, ctx
+
+    def restore(self, labels: np.ndarray, ctx: GeometryContext) -> Volume:
+        """Map a label map predicted in prepared space back onto the original image grid exactly."""
+        if ctx.bbox is not None:
+            labels = pp.uncrop(labels, ctx.bbox, ctx.resampled_shape, fill=0)
+        vol = Volume(labels.astype(np.uint8), ctx.resampled_affine, {}, ctx.reoriented.file_axes)
+        if vol.shape != ctx.reoriented.shape or not np.allclose(vol.affine, ctx.reoriented.affine, atol=1e-6):
+            vol = pp.resample_to_reference(vol, ctx.reoriented, is_label=True)
+        if self.cfg.reorient:
+            vol = pp.undo_reorient(vol, ctx.original)
+        return Volume(vol.array.astype(np.uint8), ctx.original.affine.copy(), {}, ctx.original.file_axes)
+
+    def settings_hash(self) -> str:
+        geo = self.cfg.model_dump(mode="json", include={"reorient", "spacing", "image_interpolation", "hu_window"})
+        return hashlib.sha1(json.dumps({"v": CACHE_VERSION, **geo}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class GeometryCache:
+    """Disk cache of geometry-stage outputs, keyed by settings hash + case id + source file stamp."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _key(self, case_id: str, pre: SegPreprocessor, image: Volume) -> Path:
+        src = image.meta.get("source")
+        stamp = ""
+        if src and Path(src).exists():
+            st = Path(src).stat()
+            stamp = f"{st.st_size}-{int(st.st_mtime)}"
+        h = hashlib.sha1(f"{case_id}|{stamp}".encode()).hexdigest()[:10]
+        return self.root / pre.settings_hash() / f"{case_id}-{h}.npz"
+
+    def get_or_make(self, case_id: str, pre: SegPreprocessor, image: Volume, label: Volume | None):
+        path = self._key(case_id, pre, image)
+        img_s, lab_s, ctx = None, None, None
+        if path.exists():
+            try:
+                with np.load(path) as z:
+                    img_s = Volume(z["image"], z["affine"])
+                    lab_s = Volume(z["label"], z["affine"]) if "label" in z else None
+                img_r = pp.reorient(_empty_like(image)) if pre.cfg.reorient else _empty_like(image)
+                ctx = GeometryContext(_empty_like(image), _empty_like(img_r), img_s.affine.copy(), img_s.shape)
+            except (OSError, KeyError, ValueError):
+                img_s = None
+        if img_s is None or (label is not None and lab_s is None):
+            img_s, lab_s, ctx = pre.geometry(image, label)
+            data = {"image": img_s.array.astype(np.float32), "affine": img_s.affine}
+            if lab_s is not None:
+                data["label"] = lab_s.array.astype(np.uint8)
+            with atomic_path(path, suffix=".npz") as tmp:
+                np.savez(tmp, **data)
+        return img_s, lab_s, ctx

@@ -1,0 +1,430 @@
+"""Segmentation task: chains data -> preprocess -> sampling -> model -> loss -> trainer, and
+prediction (-> inference -> post-processing -> back onto the input grid) and evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ctdl.config.load import config_from_dict, config_to_dict, save_config
+from ctdl.config.schema import ExperimentConfig
+from ctdl.data.datasets import Case, folder_cases, kits19_cases, limit_cases, load_case
+from ctdl.data.pipeline import GeometryCache, SegPreprocessor
+from ctdl.data.sampling import PreparedCase
+from ctdl.data.splits import save_split, split_ids
+from ctdl.errors import ConfigError, InputError
+from ctdl.io import Volume, read_volume, write_volume
+
+log = logging.getLogger("ctdl")
+
+
+# -- data ------------------------------------------------------------------------------------
+def resolve_cases(cfg: ExperimentConfig) -> list[Case]:
+    """All cases of the configured dataset (phantoms are rendered into the cache first)."""
+    d = cfg.data
+    if d.format == "synthetic_kits":
+        from ctdl.data.synthetic import select_cases, synth_kits_dataset
+
+        if isinstance(d.cases, list):
+            ids = d.cases
+        else:
+            ids = select_cases(d.synth_source, d.cases or 16, seed=cfg.seed)
+        sp = d.synth_spacing
+        tag = "native" if sp is None else "x".join(f"{s:g}" for s in sp)
+        root = Path(d.root) if d.root else cache_dir(cfg) / f"phantoms_{tag}_m{d.synth_margin_slices}_s{cfg.seed}"
+        synth_kits_dataset(d.synth_source, root, ids, spacing=sp, seed=cfg.seed, margin_slices=d.synth_margin_slices)
+        cases = kits19_cases(root, require_images=True)
+        by_id = {c.case_id: c for c in cases}
+        return [by_id[i] for i in ids]
+    if d.format == "kits19":
+        return limit_cases(kits19_cases(d.root, require_images=True), d.cases)
+    if d.format == "folder":
+        return limit_cases(folder_cases(d.root, d.images_dir, d.labels_dir), d.cases)
+    raise ConfigError(f"data.format '{d.format}' is not a segmentation dataset (use kits19, folder or synthetic_kits)")
+
+
+def cache_dir(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.output_dir) / ".cache"
+
+
+def make_split(cfg: ExperimentConfig, cases: list[Case]) -> dict[str, list[str]]:
+    s = cfg.data.split
+    if s.train_cases is not None:
+        known = {c.case_id for c in cases}
+        split = {"train": list(s.train_cases), "val": list(s.val_cases or []), "test": list(s.test_cases or [])}
+        missing = [i for v in split.values() for i in v if i not in known]
+        if missing:
+            raise ConfigError(f"data.split: unknown case ids {missing[:10]}")
+        return split
+    return split_ids([c.case_id for c in cases], s.train, s.val, s.test, seed=cfg.seed if s.seed is None else s.seed)
+
+
+def prepare_cases(pre: SegPreprocessor, cases: list[Case], n_classes: int, cache: GeometryCache | None,
+                  desc: str, use_label_roi: bool = True) -> list[PreparedCase]:
+    out = []
+    for case in tqdm(cases, desc=desc, leave=False, disable=None):
+        image, label = load_case(case, n_classes)
+        prepared, _ = pre.prepare(case.case_id, image, label, cache, use_label_roi=use_label_roi)
+        out.append(prepared)
+    return out
+
+
+# -- model / loss ----------------------------------------------------------------------------
+def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
+    from ctdl.models import create_model
+
+    params = dict(cfg.model.params)
+    in_ch = cfg.model.in_channels or cfg.preprocessing.repeat_channels
+    params.setdefault("in_channels", in_ch)
+    params.setdefault("out_channels", cfg.n_classes)
+    return create_model(cfg.model.name, **params)
+
+
+def class_weights(cfg: ExperimentConfig, train: list[PreparedCase]) -> list[float] | None:
+    cw = cfg.loss.class_weights
+    if cw is None:
+        weights = None
+    elif cw == "balanced":
+        from ctdl.losses.segmentation import balanced_class_weights
+
+        counts = np.zeros(cfg.n_classes, np.int64)
+        for c in train:
+            counts += np.bincount(c.label.ravel(), minlength=cfg.n_classes)[: cfg.n_classes]
+        weights = [float(w) for w in balanced_class_weights(counts, cfg.n_classes)]
+    else:
+        if len(cw) != cfg.n_classes:
+            raise ConfigError(f"loss.class_weights has {len(cw)} values for {cfg.n_classes} classes")
+        weights = [float(w) for w in cw]
+    if weights is not None and cfg.loss.class_weight_factors:
+        weights = [w * f for w, f in zip(weights, cfg.loss.class_weight_factors)]
+    return weights
+
+
+def build_loss(cfg: ExperimentConfig, weights: list[float] | None) -> torch.nn.Module:
+    from ctdl.losses.registry import create_loss
+
+    params = dict(cfg.loss.params)
+    if weights is not None:
+        params.setdefault("weights", weights)
+    return create_loss(cfg.loss.name, **params)
+
+
+# -- inference helpers -----------------------------------------------------------------------
+def inference_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    inf = cfg.inference
+    dims = 2 if cfg.sampling.mode == "slices2d" else 3
+    div = cfg.model.params.get("divisible_by") or _model_divisor(cfg)
+    if dims == 2 or inf.method == "slices2d":
+        return {"method": "slices2d", "batch_size": max(inf.batch_size, 4), "divisible_by": div}
+    if inf.method == "voting":
+        return {"method": "voting", "window": inf.window, "overlap": inf.overlap_slices, "batch_size": inf.batch_size,
+                "divisible_by": div}
+    roi = inf.roi_size or cfg.sampling.patch_size
+    return {"method": "sliding_window", "roi_size": tuple(roi), "overlap": inf.overlap, "mode": inf.blend,
+            "sw_batch_size": inf.batch_size, "divisible_by": div}
+
+
+def _model_divisor(cfg: ExperimentConfig) -> int | None:
+    strides = cfg.model.params.get("strides")
+    if strides is not None:
+        return int(np.prod([s if isinstance(s, int) else max(s) for s in strides]))
+    return {"unet3d_small": 8, "monai_unet": 16, "basicunet": 16, "segresnet": 8}.get(cfg.model.name)
+
+
+def predict_prepared(model: torch.nn.Module, cfg: ExperimentConfig, image: np.ndarray, device: str = "cpu"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    from ctdl.engine.inference import predict_volume
+
+    opts = inference_options(cfg)
+    method = opts.pop("method")
+    if method != "slices2d":
+        opts["device"] = device
+    return predict_volume(model, image, cfg.n_classes, method=method, tta=cfg.inference.tta_flips, **opts)
+
+
+def postprocess_prediction(cfg: ExperimentConfig, labels: np.ndarray, probs: np.ndarray, image: np.ndarray,
+                           spacing: tuple[float, float, float]) -> np.ndarray:
+    from ctdl.engine.postprocess import postprocess
+
+    pc = cfg.postprocess
+    crf = None
+    if pc.crf.enabled:
+        crf = pc.crf.model_dump(exclude={"enabled"})
+        crf = {"n_iter": crf.pop("iterations"), **crf}
+    lcc = None
+    if pc.largest_component.enabled:
+        lcc = {"connectivity": pc.largest_component.connectivity, "keep": pc.largest_component.keep,
+               "foreground_labels": tuple(range(1, cfg.n_classes))}
+    if crf is None and lcc is None and not pc.fill_holes:
+        return labels
+    return postprocess(labels, probs=probs, image=image[0], spacing=spacing, crf=crf, largest_component=lcc,
+                       fill_holes=pc.fill_holes)
+
+
+def validation_fn(cfg: ExperimentConfig, val: list[PreparedCase], device: str):
+    """Per-class Dice on whole validation volumes (the trainer prefixes keys with ``val_``)."""
+    from ctdl.metrics.segmentation import dice
+
+    names = cfg.data.classes
+
+    def run(model: torch.nn.Module) -> dict[str, float]:
+        if not val:
+            return {}
+        per_class: dict[str, list[float]] = {n: [] for n in names[1:]}
+        for case in val:
+            labels, _ = predict_prepared(model, cfg, case.image, device)
+            for k, n in enumerate(names[1:], start=1):
+                per_class[n].append(dice(labels, case.label, k))
+        out = {f"dice_{n}": float(np.nanmean(v)) for n, v in per_class.items()}
+        out["dice_mean"] = float(np.nanmean(list(out.values())))
+        return out
+
+    return run
+
+
+# -- training --------------------------------------------------------------------------------
+def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train a segmentation model; writes one run folder and evaluates on the test split."""
+    from ctdl.data.augment import build_augmentation
+    from ctdl.data.sampling import Sampler
+    from ctdl.engine.callbacks import default_callbacks
+    from ctdl.engine.optimizers import build_optimizer
+    from ctdl.engine.schedules import build_scheduler
+    from ctdl.engine.trainer import Trainer, seed_everything
+
+    t0 = time.time()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    if cfg.training.threads:
+        torch.set_num_threads(cfg.training.threads)
+    seed_everything(cfg.seed)
+    device = _device(cfg.training.device)
+
+    cases = resolve_cases(cfg)
+    split = make_split(cfg, cases)
+    save_split(split, run_dir / "split.json")
+    by_id = {c.case_id: c for c in cases}
+    pre = SegPreprocessor(cfg.preprocessing)
+    cache = GeometryCache(cache_dir(cfg) / "geometry")
+
+    # geometry stage for the training cases, then freeze the plan, then intensity
+    train_cases = [by_id[i] for i in split["train"]]
+    if not train_cases:
+        raise ConfigError("data.split: the training split is empty")
+    geo = []
+    for c in tqdm(train_cases, desc="preprocess train", leave=False, disable=None if progress else True):
+        image, label = load_case(c, cfg.n_classes)
+        geo.append(cache.get_or_make(c.case_id, pre, image, label)[0].array)
+    pre.fit(geo)
+    del geo
+    train_set = prepare_cases(pre, train_cases, cfg.n_classes, cache, "prepare train")
+    val_set = prepare_cases(pre, [by_id[i] for i in split["val"]], cfg.n_classes, cache, "prepare val",
+                            use_label_roi=cfg.preprocessing.roi.enabled)
+
+    dims = 2 if cfg.sampling.mode == "slices2d" else 3
+    sampler = Sampler(train_set, cfg.sampling, cfg.training.batch_size, build_augmentation(cfg.augmentation, dims),
+                      seed=cfg.seed, steps_per_epoch=cfg.training.steps_per_epoch, rounds=cfg.augmentation.rounds)
+    weights = class_weights(cfg, train_set)
+    model = build_model(cfg)
+    if cfg.model.pretrained:
+        _load_pretrained(model, cfg.model.pretrained)
+    loss_fn = build_loss(cfg, weights)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    scheduler = build_scheduler(cfg.schedule, optimizer, cfg.training.epochs, mode=cfg.training.monitor_mode)
+    meta = {"config": config_to_dict(cfg), "plan": pre.plan, "classes": list(cfg.data.classes),
+            "class_weights": weights, "split": split, "task": "segmentation"}
+    callbacks = default_callbacks(cfg, run_dir, progress=progress)
+    trainer = Trainer(
+        model, optimizer, scheduler, loss_fn, sampler.epoch, validation_fn(cfg, val_set, device), run_dir,
+        cfg.training.epochs, callbacks=callbacks, device=device, grad_clip=cfg.training.grad_clip,
+        amp=cfg.training.amp, monitor=cfg.training.monitor, monitor_mode=cfg.training.monitor_mode, seed=cfg.seed,
+        steps_per_epoch=len(sampler), val_every=cfg.training.val_every, progress=progress, checkpoint_meta=meta,
+    )
+    resume_from = run_dir / "last.pt" if resume and (run_dir / "last.pt").exists() else None
+    trainer.fit(resume_from=resume_from)
+    train_time = time.time() - t0
+
+    # final evaluation on the held-out test split with the best weights
+    test_ids = split["test"]
+    if test_ids:
+        best = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
+        predictor = Predictor.from_checkpoint(best, device=device)
+        pred_dir = run_dir / "predictions"
+        _write_json(run_dir / "test_cases.json", {cid: {"image": str(by_id[cid].image), "label": str(by_id[cid].label)}
+                                                   for cid in test_ids})
+        rows = []
+        for cid in tqdm(test_ids, desc="test", leave=False, disable=None if progress else True):
+            case = by_id[cid]
+            out = predictor.predict_file(case.image, pred_dir / f"{cid}.nii.gz")
+            rows.append(evaluate_pair(out, case.label, cfg, cid))
+        _write_metrics(rows, run_dir, cfg)
+    _write_json(run_dir / "timing.json", {"train_and_eval_s": round(time.time() - t0, 1), "train_s": round(train_time, 1)})
+    try:
+        from ctdl.report.html import write_report
+
+        write_report(run_dir)
+    except Exception as exc:  # the report must never lose the run
+        log.warning("report failed: %s", exc)
+    return run_dir
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _load_pretrained(model: torch.nn.Module, path: Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(f"{path}: weights do not fit the model: missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from ctdl.io.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+# -- prediction ------------------------------------------------------------------------------
+class Predictor:
+    """A trained model with its config and plan: reads a CT, predicts, writes a mask on the input grid."""
+
+    def __init__(self, model: torch.nn.Module, cfg: ExperimentConfig, plan: dict[str, Any], device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.cfg = cfg
+        self.pre = SegPreprocessor(cfg.preprocessing, plan)
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Predictor":
+        path = Path(path)
+        if path.is_dir():
+            for name in ("best.pt", "last.pt"):
+                if (path / name).exists():
+                    path = path / name
+                    break
+            else:
+                raise InputError(f"{path}: no best.pt or last.pt in this run folder")
+        if not path.exists():
+            raise InputError(f"{path}: checkpoint not found")
+        from ctdl.engine.trainer import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        meta = ckpt.get("meta") or {}
+        if "config" not in meta:
+            raise InputError(f"{path}: checkpoint carries no config (not written by ctdl train)")
+        cfg = config_from_dict(meta["config"], f"{path}:meta.config")
+        model = build_model(cfg)
+        model.load_state_dict(ckpt["model"])
+        return cls(model, cfg, meta.get("plan", {}), device)
+
+    def predict_volume(self, image: Volume) -> Volume:
+        """Label map for ``image`` with exactly its shape and affine."""
+        prepared, ctx = self.pre.prepare("input", image, None, None, use_label_roi=False)
+        labels, probs = predict_prepared(self.model, self.cfg, prepared.image, self.device)
+        labels = postprocess_prediction(self.cfg, labels, probs, prepared.image, prepared.spacing)
+        out = self.pre.restore(labels, ctx)
+        out.meta.update({"source": image.meta.get("source"), "classes": list(self.cfg.data.classes)})
+        return out
+
+    def predict_file(self, src: str | Path, dst: str | Path) -> Path:
+        image = read_volume(src)
+        return write_volume(self.predict_volume(image), dst)
+
+
+def predict_paths(model: str | Path, inputs: str | Path, output: str | Path, device: str = "auto") -> list[Path]:
+    """`ctdl predict`: a file, a DICOM series folder, a KiTS19 folder or a folder of volumes."""
+    from ctdl.data.datasets import is_kits19_root
+
+    dev = _device(device)
+    predictor = Predictor.from_checkpoint(model, device=dev)
+    src = Path(inputs)
+    out = Path(output)
+    if not src.exists():
+        raise InputError(f"{src}: input not found")
+    jobs: list[tuple[Path, Path]] = []
+    if src.is_dir() and is_kits19_root(src):
+        for c in kits19_cases(src, require_images=True):
+            jobs.append((c.image, out / f"{c.case_id}.nii.gz"))  # type: ignore[arg-type]
+    elif src.is_dir() and any(p.name.lower().endswith((".nii.gz", ".nii", ".nrrd", ".mha")) for p in src.iterdir()):
+        for p in sorted(src.iterdir()):
+            if p.name.lower().endswith((".nii.gz", ".nii", ".nrrd", ".mha")):
+                jobs.append((p, out / (p.name.split(".")[0] + ".nii.gz")))
+    else:  # a file or a DICOM series folder
+        dst = out if out.name.lower().endswith((".nii", ".nii.gz")) else out / (src.name.split(".")[0] + ".nii.gz")
+        jobs.append((src, dst))
+    written = []
+    for s, d in tqdm(jobs, desc="predict", disable=None if len(jobs) > 1 else True):
+        written.append(predictor.predict_file(s, d))
+    return written
+
+
+# -- evaluation ------------------------------------------------------------------------------
+def evaluate_pair(pred_path: str | Path, truth_path: str | Path | None, cfg: ExperimentConfig | None,
+                  case_id: str, classes: list[str] | None = None, kidney_includes_tumor: bool | None = None) -> dict[str, Any]:
+    from ctdl.metrics.segmentation import evaluate_case
+
+    pred = read_volume(pred_path)
+    if truth_path is None:
+        raise InputError(f"case {case_id}: no ground-truth label to evaluate against")
+    truth = read_volume(truth_path)
+    if pred.shape != truth.shape:
+        raise InputError(f"{pred_path}: prediction shape {pred.shape} differs from truth {truth_path} {truth.shape}")
+    names = classes or (list(cfg.data.classes) if cfg else ["background", "kidney", "tumor"])
+    kit = kidney_includes_tumor if kidney_includes_tumor is not None else (cfg.evaluation.kidney_includes_tumor if cfg else False)
+    row = evaluate_case(pred.array.astype(np.int64), truth.array.astype(np.int64), truth.spacing,
+                        class_names={i: n for i, n in enumerate(names) if i > 0}, kidney_includes_tumor=kit)
+    return {"case_id": case_id, **row}
+
+
+def _write_metrics(rows: list[dict[str, Any]], out_dir: Path, cfg: ExperimentConfig | None) -> None:
+    from ctdl.metrics.segmentation import summarize, write_metrics_csv, write_summary_csv
+
+    write_metrics_csv(rows, out_dir / "metrics.csv")
+    write_summary_csv(summarize(rows), out_dir / "metrics_summary.csv")
+
+
+def evaluate_paths(pred: str | Path, truth: str | Path, output: str | Path | None = None,
+                   classes: Iterable[str] = ("background", "kidney", "tumor"), kidney_includes_tumor: bool = False
+                   ) -> list[dict[str, Any]]:
+    """`ctdl evaluate`: a prediction file/folder against a truth file/folder (KiTS19 layout or same names)."""
+    from ctdl.data.datasets import is_kits19_root
+
+    pred, truth = Path(pred), Path(truth)
+    for p in (pred, truth):
+        if not p.exists():
+            raise InputError(f"{p}: not found")
+    pairs: list[tuple[str, Path, Path]] = []
+    if pred.is_file():
+        pairs.append((pred.name.split(".")[0], pred, truth))
+    else:
+        if is_kits19_root(truth):
+            truths = {c.case_id: c.label for c in kits19_cases(truth)}
+        else:
+            truths = {p.name.split(".")[0]: p for p in truth.iterdir() if p.name.lower().endswith((".nii", ".nii.gz"))}
+        for p in sorted(pred.iterdir()):
+            if not p.name.lower().endswith((".nii", ".nii.gz")):
+                continue
+            cid = p.name.split(".")[0]
+            if cid not in truths or truths[cid] is None:
+                raise InputError(f"{p}: no matching truth for case '{cid}' in {truth}")
+            pairs.append((cid, p, truths[cid]))  # type: ignore[arg-type]
+        if not pairs:
+            raise InputError(f"{pred}: no .nii/.nii.gz predictions found")
+    rows = [evaluate_pair(p, t, None, cid, list(classes), kidney_includes_tumor) for cid, p, t in pairs]
+    if output is not None:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        _write_metrics(rows, Path(output), None)
+    return rows
