@@ -103,7 +103,6 @@ class RoiConfig(Section):
     size_hw: Optional[tuple[int, int]] = Field(None, description="fixed in-plane window (rows, cols) around each kidney; None = bounding box")
     margin: IntTriple = Field((4, 8, 8), description="margin in voxels (D, H, W) around the bounding box")
     per_kidney: bool = Field(False, description="one crop per kidney (connected component) instead of one around both")
-    coarse_spacing: Triple = Field((6.0, 6.0, 6.0), description="spacing of the coarse first-stage pass at inference")
 
 
 class PreprocessingConfig(Section):
@@ -296,6 +295,11 @@ class InferenceConfig(Section):
     tta_flips: bool = Field(False, description="average predictions over flips")
     batch_size: int = Field(1, ge=1)
     two_stage: bool = Field(False, description="coarse pass finds the kidneys, the model runs only on their crops")
+    coarse_spacing: Triple = Field((6.0, 3.0, 3.0), description="two_stage: spacing (D, H, W) mm of the coarse localiser")
+    coarse_epochs: int = Field(6, ge=1, description="two_stage: epochs of the coarse localiser (trained with the model)")
+    coarse_steps_per_epoch: int = Field(30, ge=1, description="two_stage: batches per coarse epoch")
+    coarse_patch_size: IntTriple = Field((16, 64, 64), description="two_stage: coarse training patch (D, H, W)")
+    roi_margin_mm: Triple = Field((12.0, 15.0, 15.0), description="two_stage: margin around the coarse foreground box")
 
 
 class EvaluationConfig(Section):

@@ -27,7 +27,7 @@ log = logging.getLogger("ctdl")
 
 
 # -- data ------------------------------------------------------------------------------------
-def resolve_cases(cfg: ExperimentConfig) -> list[Case]:
+def resolve_cases(cfg: ExperimentConfig, progress: bool = True) -> list[Case]:
     """All cases of the configured dataset (phantoms are rendered into the cache first)."""
     d = cfg.data
     if d.format == "synthetic_kits":
@@ -40,7 +40,8 @@ def resolve_cases(cfg: ExperimentConfig) -> list[Case]:
         sp = d.synth_spacing
         tag = "native" if sp is None else "x".join(f"{s:g}" for s in sp)
         root = Path(d.root) if d.root else cache_dir(cfg) / f"phantoms_{tag}_m{d.synth_margin_slices}_s{cfg.seed}"
-        synth_kits_dataset(d.synth_source, root, ids, spacing=sp, seed=cfg.seed, margin_slices=d.synth_margin_slices)
+        synth_kits_dataset(d.synth_source, root, ids, spacing=sp, seed=cfg.seed, margin_slices=d.synth_margin_slices,
+                           progress=progress)
         cases = kits19_cases(root, require_images=True)
         by_id = {c.case_id: c for c in cases}
         return [by_id[i] for i in ids]
@@ -191,33 +192,19 @@ def validation_fn(cfg: ExperimentConfig, val: list[PreparedCase], device: str):
 
 
 # -- training --------------------------------------------------------------------------------
-def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train a segmentation model; writes one run folder and evaluates on the test split."""
+def _fit_stage(cfg: ExperimentConfig, run_dir: Path, train_cases: list[Case], val_cases: list[Case],
+               device: str, progress: bool, resume: bool, extra_meta: dict[str, Any] | None = None
+               ) -> tuple[torch.nn.Module, SegPreprocessor, dict[str, Any]]:
+    """Preprocess, build and train one model; returns (model with best weights, preprocessor, meta)."""
     from ctdl.data.augment import build_augmentation
     from ctdl.data.sampling import Sampler
     from ctdl.engine.callbacks import default_callbacks
     from ctdl.engine.optimizers import build_optimizer
     from ctdl.engine.schedules import build_scheduler
-    from ctdl.engine.trainer import Trainer, seed_everything
+    from ctdl.engine.trainer import Trainer
 
-    t0 = time.time()
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    if cfg.training.threads:
-        torch.set_num_threads(cfg.training.threads)
-    seed_everything(cfg.seed)
-    device = _device(cfg.training.device)
-
-    cases = resolve_cases(cfg)
-    split = make_split(cfg, cases)
-    save_split(split, run_dir / "split.json")
-    by_id = {c.case_id: c for c in cases}
     pre = SegPreprocessor(cfg.preprocessing)
     cache = GeometryCache(cache_dir(cfg) / "geometry")
-
-    # geometry stage for the training cases, then freeze the plan, then intensity
-    train_cases = [by_id[i] for i in split["train"]]
     if not train_cases:
         raise ConfigError("data.split: the training split is empty")
     geo = []
@@ -227,7 +214,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     pre.fit(geo)
     del geo
     train_set = prepare_cases(pre, train_cases, cfg.n_classes, cache, "prepare train")
-    val_set = prepare_cases(pre, [by_id[i] for i in split["val"]], cfg.n_classes, cache, "prepare val",
+    val_set = prepare_cases(pre, val_cases, cfg.n_classes, cache, "prepare val",
                             use_label_roi=cfg.preprocessing.roi.enabled)
 
     dims = 2 if cfg.sampling.mode == "slices2d" else 3
@@ -241,21 +228,83 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     scheduler = build_scheduler(cfg.schedule, optimizer, cfg.training.epochs, mode=cfg.training.monitor_mode)
     meta = {"config": config_to_dict(cfg), "plan": pre.plan, "classes": list(cfg.data.classes),
-            "class_weights": weights, "split": split, "task": "segmentation"}
+            "class_weights": weights, "task": "segmentation", **(extra_meta or {})}
+    monitor = cfg.training.monitor if val_set else "train_loss"
+    mode = cfg.training.monitor_mode if val_set else "min"
     callbacks = default_callbacks(cfg, run_dir, progress=progress)
     trainer = Trainer(
         model, optimizer, scheduler, loss_fn, sampler.epoch, validation_fn(cfg, val_set, device), run_dir,
         cfg.training.epochs, callbacks=callbacks, device=device, grad_clip=cfg.training.grad_clip,
-        amp=cfg.training.amp, monitor=cfg.training.monitor, monitor_mode=cfg.training.monitor_mode, seed=cfg.seed,
+        amp=cfg.training.amp, monitor=monitor, monitor_mode=mode, seed=cfg.seed,
         steps_per_epoch=len(sampler), val_every=cfg.training.val_every, progress=progress, checkpoint_meta=meta,
     )
     resume_from = run_dir / "last.pt" if resume and (run_dir / "last.pt").exists() else None
     trainer.fit(resume_from=resume_from)
-    train_time = time.time() - t0
+    best = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
+    from ctdl.engine.trainer import load_checkpoint
+
+    model.load_state_dict(load_checkpoint(best)["model"])
+    return model, pre, meta
+
+
+def coarse_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The coarse localiser's config: same data and preprocessing at a coarse spacing, a small fast net."""
+    inf = cfg.inference
+    data = config_to_dict(cfg)
+    data["preprocessing"]["spacing"] = list(inf.coarse_spacing)
+    data["preprocessing"]["roi"]["enabled"] = False
+    data["sampling"] = {"mode": "patch3d", "patch_size": list(inf.coarse_patch_size), "samples_per_volume": 2,
+                        "class_ratios": [1, 1, 1][: cfg.n_classes] if cfg.n_classes <= 3 else None}
+    data["model"] = {"name": "unet3d_small", "params": {"channels": [8, 16, 32, 64], "strides": [2, 2, 2],
+                                                       "num_res_units": 1}}
+    data["loss"] = {"name": "dice_ce"}
+    data["optimizer"] = {"name": "adam", "lr": 0.003}
+    data["schedule"] = {"name": "none"}
+    data["training"].update({"epochs": inf.coarse_epochs, "steps_per_epoch": inf.coarse_steps_per_epoch,
+                             "val_every": inf.coarse_epochs, "early_stopping": {"enabled": False}})
+    data["inference"] = {"method": "sliding_window", "roi_size": list(inf.coarse_patch_size), "overlap": 0.25,
+                         "two_stage": False}
+    data["postprocess"] = {"largest_component": {"enabled": True, "connectivity": 26, "keep": 2}}
+    data["checkpoint"] = {"save_last": True, "save_best": True, "every_n": 0, "csv": True, "tensorboard": False}
+    return config_from_dict(data, "coarse localiser config")
+
+
+def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train a segmentation model; writes one run folder and evaluates on the test split."""
+    from ctdl.engine.trainer import seed_everything
+
+    t0 = time.time()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    if cfg.training.threads:
+        torch.set_num_threads(cfg.training.threads)
+    seed_everything(cfg.seed)
+    device = _device(cfg.training.device)
+
+    cases = resolve_cases(cfg, progress=progress)
+    split = make_split(cfg, cases)
+    save_split(split, run_dir / "split.json")
+    by_id = {c.case_id: c for c in cases}
+    train_cases = [by_id[i] for i in split["train"]]
+    val_cases = [by_id[i] for i in split["val"]]
+
+    extra: dict[str, Any] = {"split": split}
+    timing: dict[str, float] = {}
+    if cfg.inference.two_stage:
+        t1 = time.time()
+        ccfg = coarse_config(cfg)
+        cmodel, cpre, cmeta = _fit_stage(ccfg, run_dir / "coarse", train_cases, val_cases, device, progress, resume)
+        extra["coarse"] = {"config": cmeta["config"], "plan": cpre.plan, "state": cmodel.state_dict()}
+        timing["coarse_train_s"] = round(time.time() - t1, 1)
+    t1 = time.time()
+    _fit_stage(cfg, run_dir, train_cases, val_cases, device, progress, resume, extra)
+    timing["train_s"] = round(time.time() - t1, 1)
 
     # final evaluation on the held-out test split with the best weights
     test_ids = split["test"]
     if test_ids:
+        t1 = time.time()
         best = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
         predictor = Predictor.from_checkpoint(best, device=device)
         pred_dir = run_dir / "predictions"
@@ -267,7 +316,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             out = predictor.predict_file(case.image, pred_dir / f"{cid}.nii.gz")
             rows.append(evaluate_pair(out, case.label, cfg, cid))
         _write_metrics(rows, run_dir, cfg)
-    _write_json(run_dir / "timing.json", {"train_and_eval_s": round(time.time() - t0, 1), "train_s": round(train_time, 1)})
+        timing["test_predict_eval_s"] = round(time.time() - t1, 1)
+    timing["total_s"] = round(time.time() - t0, 1)
+    _write_json(run_dir / "timing.json", timing)
     try:
         from ctdl.report.html import write_report
 
@@ -301,11 +352,17 @@ def _write_json(path: Path, data: Any) -> None:
 class Predictor:
     """A trained model with its config and plan: reads a CT, predicts, writes a mask on the input grid."""
 
-    def __init__(self, model: torch.nn.Module, cfg: ExperimentConfig, plan: dict[str, Any], device: str = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, cfg: ExperimentConfig, plan: dict[str, Any], device: str = "cpu",
+                 coarse: tuple[torch.nn.Module, ExperimentConfig, dict[str, Any]] | None = None) -> None:
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.pre = SegPreprocessor(cfg.preprocessing, plan)
         self.device = device
+        self.coarse = None
+        if coarse is not None:
+            cmodel, ccfg, cplan = coarse
+            self.coarse = (cmodel.to(device).eval(), ccfg, SegPreprocessor(ccfg.preprocessing, cplan))
+        self.last_roi: tuple[slice, slice, slice] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Predictor":
@@ -328,16 +385,59 @@ class Predictor:
         cfg = config_from_dict(meta["config"], f"{path}:meta.config")
         model = build_model(cfg)
         model.load_state_dict(ckpt["model"])
-        return cls(model, cfg, meta.get("plan", {}), device)
+        coarse = None
+        if cfg.inference.two_stage and meta.get("coarse"):
+            cm = meta["coarse"]
+            ccfg = config_from_dict(cm["config"], f"{path}:meta.coarse.config")
+            cmodel = build_model(ccfg)
+            cmodel.load_state_dict(cm["state"])
+            coarse = (cmodel, ccfg, cm.get("plan", {}))
+        return cls(model, cfg, meta.get("plan", {}), device, coarse)
 
-    def predict_volume(self, image: Volume) -> Volume:
-        """Label map for ``image`` with exactly its shape and affine."""
-        prepared, ctx = self.pre.prepare("input", image, None, None, use_label_roi=False)
-        labels, probs = predict_prepared(self.model, self.cfg, prepared.image, self.device)
-        labels = postprocess_prediction(self.cfg, labels, probs, prepared.image, prepared.spacing)
+    def predict_volume(self, image: Volume, roi: bool | None = None) -> Volume:
+        """Label map for ``image`` with exactly its shape and affine.
+
+        ``roi`` (default: the config's ``inference.two_stage``) runs the coarse localiser first and the
+        model only inside the box around what it finds (plus ``inference.roi_margin_mm``); if the coarse
+        pass finds nothing the whole volume is processed.
+        """
+        use_roi = self.cfg.inference.two_stage if roi is None else roi
+        if use_roi and self.coarse is None:
+            raise InputError("ROI mode needs a coarse localiser: train with inference.two_stage: true")
+        img_s, _, ctx = self.pre.geometry(image, None)
+        x = self.pre.intensity(img_s.array)  # normalized on the whole volume, so a crop sees the same values
+        bbox = self._coarse_bbox(image, ctx.resampled_affine, img_s.shape) if use_roi else None
+        self.last_roi = bbox
+        if bbox is not None:
+            x = x[(slice(None),) + bbox]
+            ctx.bbox = bbox
+        labels, probs = predict_prepared(self.model, self.cfg, x, self.device)
+        labels = postprocess_prediction(self.cfg, labels, probs, x, tuple(img_s.spacing))  # type: ignore[arg-type]
         out = self.pre.restore(labels, ctx)
         out.meta.update({"source": image.meta.get("source"), "classes": list(self.cfg.data.classes)})
         return out
+
+    def _coarse_bbox(self, image: Volume, fine_affine: np.ndarray, fine_shape: tuple[int, int, int]
+                     ) -> tuple[slice, slice, slice] | None:
+        """Box (fine-grid voxels) around the coarse localiser's foreground, plus the configured margin."""
+        cmodel, ccfg, cpre = self.coarse  # type: ignore[misc]
+        prep, cctx = cpre.prepare("input", image, None, None, use_label_roi=False)
+        lab, probs = predict_prepared(cmodel, ccfg, prep.image, self.device)
+        lab = postprocess_prediction(ccfg, lab, probs, prep.image, prep.spacing)
+        idx = np.argwhere(lab > 0)
+        if idx.size == 0:
+            return None
+        lo, hi = idx.min(0) - 0.5, idx.max(0) + 0.5  # voxel edges of the coarse box
+        corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+        fine = (np.linalg.inv(fine_affine) @ (cctx.resampled_affine @ corners.T))[:3].T
+        spacing = np.linalg.norm(fine_affine[:3, :3], axis=0)
+        margin = np.asarray(self.cfg.inference.roi_margin_mm) / spacing
+        f_lo = np.floor(fine.min(0) - margin).astype(int)
+        f_hi = np.ceil(fine.max(0) + margin).astype(int) + 1
+        box = tuple(slice(max(0, int(a)), min(n, int(b))) for a, b, n in zip(f_lo, f_hi, fine_shape))
+        if any(s.stop - s.start < 2 for s in box):
+            return None
+        return box  # type: ignore[return-value]
 
     def predict_file(self, src: str | Path, dst: str | Path) -> Path:
         image = read_volume(src)

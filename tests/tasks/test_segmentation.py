@@ -1,0 +1,137 @@
+"""End-to-end tests of the segmentation task on tiny phantoms (CPU, seconds to a minute)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ctdl.cli import main
+from ctdl.config import load_config
+
+CASES = ["case_00038", "case_00061", "case_00148", "case_00013"]
+
+
+def _write_cfg(tmp: Path, name: str, shared: Path, **over) -> Path:
+    cfg = {
+        "name": name,
+        "output_dir": str(tmp / "runs"),
+        "seed": 0,
+        "data": {
+            "format": "synthetic_kits",
+            "synth_source": str(shared / "kits19"),
+            "synth_spacing": [4.0, 2.0, 2.0],
+            "synth_margin_slices": 2,
+            "cases": CASES,
+            "cache_dir": str(tmp / "cache"),
+            "split": {"train": 0.5, "val": 0.25, "test": 0.25},
+        },
+        "sampling": {"patch_size": [16, 32, 32], "samples_per_volume": 2, "class_ratios": [1, 1, 1]},
+        "augmentation": {"flip_axes": [2], "rotation_deg": 5, "prob": 0.5},
+        "model": {"name": "unet3d_small", "params": {"channels": [4, 8, 16, 32], "dropout": 0.1}},
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+        "schedule": {"name": "multistep", "milestones": [1]},
+        "training": {"epochs": 2, "batch_size": 2, "steps_per_epoch": 3},
+        "inference": {"method": "sliding_window", "roi_size": [16, 64, 64]},
+        "postprocess": {"largest_component": {"enabled": True, "keep": 2}},
+        "checkpoint": {"tensorboard": False},
+    }
+    for k, v in over.items():
+        cur = cfg
+        keys = k.split(".")
+        for kk in keys[:-1]:
+            cur = cur.setdefault(kk, {})
+        cur[keys[-1]] = v
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import DATA
+
+    if not DATA.exists():
+        pytest.skip("shared data missing")
+    tmp = tmp_path_factory.mktemp("seg")
+    cfg = _write_cfg(tmp, "tiny", DATA, **{"inference.two_stage": True, "inference.coarse_epochs": 1,
+                                         "inference.coarse_steps_per_epoch": 2, "inference.coarse_patch_size": [8, 32, 32]})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    return tmp / "runs" / "tiny"
+
+
+def test_run_folder_has_everything(tiny_run: Path) -> None:
+    for name in ("config.yaml", "split.json", "best.pt", "last.pt", "history.csv", "metrics.csv",
+                 "metrics_summary.csv", "report.html", "timing.json", "test_cases.json"):
+        assert (tiny_run / name).exists(), name
+    rows = (tiny_run / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and "val_dice_kidney" in rows[0]
+    assert len(list((tiny_run / "predictions").glob("*.nii.gz"))) == 1
+    html = (tiny_run / "report.html").read_text()
+    assert "data:image/png;base64" in html and "kidney" in html
+    ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
+    assert ckpt["meta"]["classes"] == ["background", "kidney", "tumor"]
+    assert "coarse" in ckpt["meta"] and "state" in ckpt["meta"]["coarse"]
+
+
+def test_predict_keeps_input_geometry_whatever_the_training_spacing(tiny_run: Path, shared_data: Path, tmp_path: Path) -> None:
+    src = shared_data / "sample_ct" / "ct_3mm_30slices.nii.gz"
+    out = tmp_path / "mask.nii.gz"
+    assert main(["predict", str(src), "--model", str(tiny_run), "-o", str(out)]) == 0
+    a, b = nib.load(str(src)), nib.load(str(out))
+    assert a.shape == b.shape == (122, 101, 30)
+    assert np.allclose(a.affine, b.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(b.dataobj))) <= {0, 1, 2}
+
+
+def test_predict_roi_and_whole_modes_agree_on_geometry(tiny_run: Path) -> None:
+    from ctdl.io import read_volume
+    from ctdl.tasks.segmentation import Predictor
+
+    case = yaml.safe_load((tiny_run / "test_cases.json").read_text())
+    cid, paths = next(iter(case.items()))
+    image = read_volume(paths["image"])
+    pred = Predictor.from_checkpoint(tiny_run)
+    whole = pred.predict_volume(image, roi=False)
+    roi = pred.predict_volume(image, roi=True)
+    assert whole.shape == roi.shape == image.shape
+    assert np.allclose(roi.affine, image.affine)
+    if pred.last_roi is not None:  # outside the ROI box the ROI mode predicts background
+        outside = np.ones(image.shape, bool)
+        outside[pred.last_roi] = False
+        assert not roi.array[outside].any()
+
+
+def test_evaluate_command(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    case = yaml.safe_load((tiny_run / "test_cases.json").read_text())
+    cid, paths = next(iter(case.items()))
+    pred = tiny_run / "predictions" / f"{cid}.nii.gz"
+    assert main(["evaluate", str(pred), paths["label"], "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kidney_dice" in out
+    # a perfect prediction scores Dice 1 and distance 0
+    assert main(["evaluate", paths["label"], paths["label"]]) == 0
+    out = capsys.readouterr().out
+    assert "kidney_dice: mean 1.0000" in out and "kidney_hd95_mm: mean 0.0000" in out
+
+
+def test_resume_gives_same_weights(shared_data: Path, tmp_path: Path) -> None:
+    from ctdl.tasks.segmentation import train
+
+    over = {"data.split": {"train": 0.5, "val": 0.5, "test": 0.0}, "training.epochs": 3}
+    full = load_config(_write_cfg(tmp_path, "full", shared_data, **over))
+    train(full, progress=False)
+    part = load_config(_write_cfg(tmp_path, "part", shared_data, **{**over, "training.epochs": 1}))
+    train(part, progress=False)
+    resumed = load_config(_write_cfg(tmp_path, "part", shared_data, **over))
+    train(resumed, resume=True, progress=False)
+    a = torch.load(tmp_path / "runs" / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "runs" / "part" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    hist = (tmp_path / "runs" / "part" / "history.csv").read_text().strip().splitlines()
+    assert len(hist) == 4
