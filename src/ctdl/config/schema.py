@@ -265,10 +265,12 @@ class CrfConfig(Section):
     enabled: bool = Field(False)
     iterations: int = Field(5, ge=1)
     w_gaussian: float = Field(3.0, ge=0)
-    sigma_gaussian_mm: float = Field(3.0, gt=0)
+    sigma_gaussian_mm: float = Field(2.0, gt=0, description="smoothness kernel width (mm)")
     w_bilateral: float = Field(5.0, ge=0)
-    sigma_bilateral_mm: float = Field(10.0, gt=0)
-    sigma_intensity: float = Field(0.1, gt=0, description="intensity sigma in normalized image units")
+    sigma_bilateral_mm: float = Field(5.0, gt=0, description="appearance kernel spatial width (mm)")
+    sigma_intensity: Optional[float] = Field(
+        None, gt=0, description="appearance kernel intensity width in normalized units (None = 10 % of the 1-99 % range)"
+    )
 
 
 class LargestComponentConfig(Section):
