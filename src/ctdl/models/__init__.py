@@ -1,6 +1,6 @@
 """Model zoo: importing this package fills the registry."""
 
-from ctdl.models import monai_nets, thesis  # noqa: F401
+from ctdl.models import fcn_ppm, monai_extra, monai_nets, pspnet, thesis, unet  # noqa: F401
 from ctdl.models.registry import (
     MODELS,
     count_parameters,

@@ -31,7 +31,9 @@ def resolve_cases(cfg: ExperimentConfig, progress: bool = True) -> list[Case]:
     """All cases of the configured dataset (phantoms are rendered into the cache first)."""
     d = cfg.data
     if d.format == "synthetic_kits":
-        from ctdl.data.synthetic import select_cases, synth_kits_dataset
+        import hashlib
+
+        from ctdl.data.synthetic import PhantomParams, select_cases, synth_kits_dataset
 
         if isinstance(d.cases, list):
             ids = d.cases
@@ -39,7 +41,8 @@ def resolve_cases(cfg: ExperimentConfig, progress: bool = True) -> list[Case]:
             ids = select_cases(d.synth_source, d.cases or 16, seed=cfg.seed)
         sp = d.synth_spacing
         tag = "native" if sp is None else "x".join(f"{s:g}" for s in sp)
-        root = Path(d.root) if d.root else cache_dir(cfg) / f"phantoms_{tag}_m{d.synth_margin_slices}_s{cfg.seed}"
+        ph = hashlib.sha1(json.dumps(PhantomParams().to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+        root = Path(d.root) if d.root else cache_dir(cfg) / f"phantoms_{tag}_m{d.synth_margin_slices}_s{cfg.seed}_{ph}"
         synth_kits_dataset(d.synth_source, root, ids, spacing=sp, seed=cfg.seed, margin_slices=d.synth_margin_slices,
                            progress=progress)
         cases = kits19_cases(root, require_images=True)
