@@ -267,7 +267,8 @@ def coarse_config(cfg: ExperimentConfig) -> ExperimentConfig:
                              "val_every": inf.coarse_epochs, "early_stopping": {"enabled": False}})
     data["inference"] = {"method": "sliding_window", "roi_size": list(inf.coarse_patch_size), "overlap": 0.25,
                          "two_stage": False}
-    data["postprocess"] = {"largest_component": {"enabled": True, "connectivity": 26, "keep": 2}}
+    # no component filtering: the ROI box must include every kidney the localiser sees (a larger box only costs time)
+    data["postprocess"] = {}
     data["checkpoint"] = {"save_last": True, "save_best": True, "every_n": 0, "csv": True, "tensorboard": False}
     return config_from_dict(data, "coarse localiser config")
 
