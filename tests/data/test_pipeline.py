@@ -52,3 +52,19 @@ def test_roi_crop_is_undone(tmp_path) -> None:
     assert ctx.bbox is not None and case.label.shape < label.shape
     out = pre.restore(case.label, ctx)
     assert np.array_equal(out.array, label.array)
+
+
+def test_unset_spacing_uses_the_training_median(tmp_path) -> None:
+    """With preprocessing.spacing unset, the plan freezes the training median and inference resamples to it."""
+    image, label = _volumes()  # 3 x 1.2 x 1.2 mm
+    pre = SegPreprocessor(PreprocessingConfig(hu_window=None, normalization="none"))
+    pre.plan_spacing([(3.0, 1.2, 1.2), (3.0, 1.2, 1.2), (5.0, 0.8, 0.8)])
+    assert pre.target_spacing == (3.0, 1.2, 1.2)
+    # a finer input is brought to the training spacing, and the prediction goes back to the input grid
+    from ctdl.data import preprocess as pp
+
+    fine = pp.resample(image, (1.5, 0.6, 0.6))
+    case, ctx = pre.prepare("c", fine, None, use_label_roi=False)
+    assert case.image.shape[1:] == image.shape
+    out = pre.restore(np.zeros(case.image.shape[1:], np.uint8), ctx)
+    assert out.shape == fine.shape and np.allclose(out.affine, fine.affine)

@@ -58,17 +58,31 @@ class SegPreprocessor:
         img_r = pp.reorient(image) if cfg.reorient else image
         lab_r = pp.reorient(label) if (cfg.reorient and label is not None) else label
         img_s, lab_s = img_r, lab_r
-        if cfg.spacing is not None and not np.allclose(img_r.spacing, cfg.spacing, atol=1e-3):
+        target = self.target_spacing
+        if target is not None and not np.allclose(img_r.spacing, target, atol=1e-3):
             order = 3 if cfg.image_interpolation == "bspline" else 1
-            img_s = pp.resample(img_r, cfg.spacing, order=order)
+            img_s = pp.resample(img_r, target, order=order)
             if lab_r is not None:
-                lab_s = pp.resample(lab_r, cfg.spacing, is_label=True)
+                lab_s = pp.resample(lab_r, target, is_label=True)
         arr = img_s.array.astype(np.float32, copy=False)
         if cfg.hu_window is not None:
             arr = pp.clip_hu(arr, cfg.hu_window)
         img_s = Volume(arr, img_s.affine, img_s.meta, img_s.file_axes)
         ctx = GeometryContext(_empty_like(image), _empty_like(img_r), img_s.affine.copy(), img_s.shape)
         return img_s, lab_s, ctx
+
+    @property
+    def target_spacing(self) -> tuple[float, float, float] | None:
+        """The configured spacing, else the training cases' median spacing frozen in the plan."""
+        if self.cfg.spacing is not None:
+            return tuple(self.cfg.spacing)  # type: ignore[return-value]
+        ts = self.plan.get("target_spacing")
+        return tuple(float(v) for v in ts) if ts is not None else None  # type: ignore[return-value]
+
+    def plan_spacing(self, spacings: list[tuple[float, float, float]]) -> None:
+        """nnU-Net's rule when no spacing is configured: the median spacing of the training cases."""
+        if self.cfg.spacing is None and spacings and "target_spacing" not in self.plan:
+            self.plan["target_spacing"] = [float(v) for v in np.median(np.asarray(spacings), axis=0)]
 
     # -- intensity ---------------------------------------------------------------------
     def window_bounds(self) -> tuple[float, float] | None:
@@ -154,7 +168,8 @@ class SegPreprocessor:
         return Volume(vol.array.astype(np.uint8), ctx.original.affine.copy(), {}, ctx.original.file_axes)
 
     def settings_hash(self) -> str:
-        geo = self.cfg.model_dump(mode="json", include={"reorient", "spacing", "image_interpolation", "hu_window"})
+        geo = self.cfg.model_dump(mode="json", include={"reorient", "image_interpolation", "hu_window"})
+        geo["spacing"] = list(self.target_spacing) if self.target_spacing is not None else None
         return hashlib.sha1(json.dumps({"v": CACHE_VERSION, **geo}, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -210,6 +210,20 @@ def _fit_stage(cfg: ExperimentConfig, run_dir: Path, train_cases: list[Case], va
     cache = GeometryCache(cache_dir(cfg) / "geometry")
     if not train_cases:
         raise ConfigError("data.split: the training split is empty")
+    if cfg.preprocessing.spacing is None:
+        import nibabel as nib
+
+        from ctdl.io.volume import canonical_axes
+
+        sp = []
+        for c in train_cases:
+            img = nib.load(str(c.image)) if str(c.image).endswith((".nii", ".nii.gz")) else None
+            if img is not None:
+                zooms = img.header.get_zooms()
+                sp.append(tuple(float(zooms[a]) for a in canonical_axes(img.affine)))
+            else:
+                sp.append(read_volume(c.image).spacing)
+        pre.plan_spacing(sp)
     geo = []
     for c in tqdm(train_cases, desc="preprocess train", leave=False, disable=None if progress else True):
         image, label = load_case(c, cfg.n_classes)
