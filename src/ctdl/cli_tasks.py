@@ -69,6 +69,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from ctdl.models.summary import layer_summary, model_table
+
+    torch.set_num_threads(1)
+    if args.name and args.input_shape:
+        rows = layer_summary(args.name, args.input_shape)
+        for r in rows:
+            print(f"{r['layer']:<48} {r['type']:<22} {str(r['output']):<28} {r['params']:>12,}")
+        return 0
+    rows = model_table(args.name or "*")
+    print(f"{'model':<28}{'task':<14}{'dims':>5}  {'default input':<16}{'params':>14}{'keras params':>14}  description")
+    for r in rows:
+        print(f"{r['name']:<28}{r['task']:<14}{r['dims']:>5}  {r['default_input']:<16}{r['params']:>14,}"
+              f"{r['params_keras']:>14,}  {r['description']}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("train", help="train the experiment a YAML/JSON config describes")
     p.add_argument("config")
@@ -92,6 +111,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", help="folder for metrics.csv and metrics_summary.csv")
     p.add_argument("--kidney-includes-tumor", action="store_true", help="score kidney as kidney+tumour (KiTS19)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("models", help="list registered models with parameter counts, or summarise one")
+    p.add_argument("name", nargs="?", help="a model name (or a glob such as 'unet*')")
+    p.add_argument("--input-shape", type=int, nargs="+", metavar="N", help="C [D] H W: print a layer summary")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("report", help="(re)build a run folder's HTML report")
     p.add_argument("run")
