@@ -23,7 +23,7 @@ class Section(BaseModel):
 Triple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
 
-NORMALIZATIONS = (
+DLAE_NORMALIZATIONS = (
     "none",
     "samplewise_unity_x",
     "samplewise_negpos_x",
@@ -33,9 +33,8 @@ NORMALIZATIONS = (
     "samplewise_negpos_xy",
     "global_unity_xy",
     "global_negpos_xy",
-    "zscore",
-    "unity_minus_mean",
 )
+NORMALIZATIONS = DLAE_NORMALIZATIONS + ("zscore", "unity_minus_mean")
 
 
 class SplitConfig(Section):

@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 import scipy.ndimage as ndi
 
+from ctdl.config.schema import DLAE_NORMALIZATIONS
 from ctdl.errors import InputError
 from ctdl.io.volume import Volume
 
@@ -383,17 +384,7 @@ def clip_hu(x: ArrayOrVolume, window: str | Sequence[float]) -> ArrayOrVolume:
 # --------------------------------------------------------------------------------------------
 # 4. Normalization (DLAE types, z-score, FCN-PPM mean subtraction)
 # --------------------------------------------------------------------------------------------
-NORMALIZATION_KINDS = (
-    "none",
-    "samplewise_unity_x",
-    "samplewise_negpos_x",
-    "global_unity_x",
-    "global_negpos_x",
-    "samplewise_unity_xy",
-    "samplewise_negpos_xy",
-    "global_unity_xy",
-    "global_negpos_xy",
-)
+NORMALIZATION_KINDS = DLAE_NORMALIZATIONS  # the nine DLAE kinds (the config adds zscore, unity_minus_mean)
 
 
 def _check_kind(kind: Any) -> tuple[str, str, str]:

@@ -112,6 +112,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ctdl.models.blocks import make_norm
 from ctdl.models.registry import register_model
 from ctdl.models.unet import crop_to, pad_to_multiple
 
@@ -126,18 +127,7 @@ def _triple(k: int | Sequence[int]) -> tuple[int, int, int]:
 
 
 def _norm3d(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm3d(channels)
-    if kind == "group":
-        if channels < 2:  # one channel in one pooled cell: nothing to normalise over
-            return nn.Identity()
-        groups = max(1, channels // 8)  # groups of 8 channels (at least 2 per group)
-        while channels % groups:
-            groups -= 1
-        return nn.GroupNorm(groups, channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"norm must be 'batch', 'group' or 'none', got {kind!r}")
+    return make_norm(kind, 3, channels)
 
 
 def _bilinear_kernel(kernel: tuple[int, ...]) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ctdl.models.blocks import make_norm
 from ctdl.models.registry import register_model
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -39,18 +40,7 @@ _MODE = {2: "bilinear", 3: "trilinear"}
 
 
 def _norm(kind: str, dims: int, channels: int) -> nn.Module:
-    if kind == "batch":
-        return _BN[dims](channels)
-    if kind == "group":
-        if channels < 2:  # one channel in one pooled cell: nothing to normalise over
-            return nn.Identity()
-        groups = max(1, channels // 8)  # groups of 8 channels (at least 2 per group)
-        while channels % groups:
-            groups -= 1
-        return nn.GroupNorm(groups, channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"norm must be 'batch', 'group' or 'none', got {kind!r}")
+    return make_norm(kind, dims, channels)
 
 
 def _conv_bn_relu(dims: int, c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
