@@ -65,7 +65,9 @@ def plot_curves(history: list[dict[str, str]], out: Path) -> Path | None:
         if key.endswith("loss"):
             axes[0].plot(epochs, [_num(r[key]) for r in history], marker="o", ms=3, label=key)
         elif key.startswith("val_") and ("dice" in key or "jacc" in key):
-            axes[1].plot(epochs, [_num(r[key]) for r in history], marker="o", ms=3, label=key)
+            pts = [(e, _num(r[key])) for e, r in zip(epochs, history) if np.isfinite(_num(r[key]))]
+            if pts:  # validation runs every N epochs: connect the epochs that have a value
+                axes[1].plot(*zip(*pts), marker="o", ms=3, label=key)
     axes[0].set_title("loss")
     axes[1].set_title("validation")
     axes[1].set_ylim(0, 1)
