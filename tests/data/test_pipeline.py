@@ -68,3 +68,14 @@ def test_unset_spacing_uses_the_training_median(tmp_path) -> None:
     assert case.image.shape[1:] == image.shape
     out = pre.restore(np.zeros(case.image.shape[1:], np.uint8), ctx)
     assert out.shape == fine.shape and np.allclose(out.affine, fine.affine)
+
+
+def test_inplane_resize_is_undone(tmp_path) -> None:
+    """Thesis-style 512 -> 128 in-plane resize (here 26 x 30 -> 16 x 16): prediction comes back on the input grid."""
+    image, label = _volumes()
+    pre = SegPreprocessor(PreprocessingConfig(hu_window=None, normalization="none", inplane_size=(16, 16)))
+    case, ctx = pre.prepare("c", image, label)
+    assert case.image.shape[2:] == (16, 16) and case.label.shape[1:] == (16, 16)
+    out = pre.restore(case.label, ctx)
+    assert out.shape == label.shape and np.allclose(out.affine, label.affine)
+    assert (out.array == label.array).mean() > 0.9

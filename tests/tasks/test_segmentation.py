@@ -135,3 +135,29 @@ def test_resume_gives_same_weights(shared_data: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     hist = (tmp_path / "runs" / "part" / "history.csv").read_text().strip().splitlines()
     assert len(hist) == 4
+
+
+def test_validation_reports_jaccard_and_weighted_jaccard() -> None:
+    """A perfect 'model' scores Dice = Jaccard = JC_w = 1 in validation."""
+    from ctdl.config.schema import ExperimentConfig
+    from ctdl.data.sampling import PreparedCase
+    from ctdl.tasks.segmentation import validation_fn
+
+    lab = np.zeros((8, 16, 16), np.uint8)
+    lab[2:6, 4:12, 4:12] = 1
+    lab[3:5, 6:9, 6:9] = 2
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # the image is the label map itself
+            return torch.nn.functional.one_hot(x[:, 0].round().long(), 3).movedim(-1, 1).float() * 10
+
+    cfg = ExperimentConfig.model_validate({
+        "data": {"format": "kits19", "root": "x"},
+        "monitors": {"metrics": ["dice", "jaccard", "weighted_jaccard"]},
+        "inference": {"method": "sliding_window", "roi_size": [8, 16, 16]},
+        "model": {"name": "unet3d_small", "params": {"strides": [1, 1, 1]}},
+    })
+    case = PreparedCase("c", lab[None].astype(np.float32), lab)
+    out = validation_fn(cfg, [case], "cpu", weights=[0.2, 1.0, 2.0])(Oracle())
+    assert out["dice_kidney"] == pytest.approx(1.0) and out["jaccard_tumor"] == pytest.approx(1.0)
+    assert out["weighted_jaccard"] == pytest.approx(1.0)

@@ -64,6 +64,10 @@ class SegPreprocessor:
             img_s = pp.resample(img_r, target, order=order)
             if lab_r is not None:
                 lab_s = pp.resample(lab_r, target, is_label=True)
+        if cfg.inplane_size is not None and tuple(img_s.shape[1:]) != tuple(cfg.inplane_size):
+            img_s = pp.resize_inplane(img_s, cfg.inplane_size, order=3 if cfg.image_interpolation == "bspline" else 1)
+            if lab_s is not None:
+                lab_s = pp.resize_inplane(lab_s, cfg.inplane_size, is_label=True)
         arr = img_s.array.astype(np.float32, copy=False)
         if cfg.hu_window is not None:
             arr = pp.clip_hu(arr, cfg.hu_window)
@@ -170,6 +174,7 @@ class SegPreprocessor:
     def settings_hash(self) -> str:
         geo = self.cfg.model_dump(mode="json", include={"reorient", "image_interpolation", "hu_window"})
         geo["spacing"] = list(self.target_spacing) if self.target_spacing is not None else None
+        geo["inplane_size"] = list(self.cfg.inplane_size) if self.cfg.inplane_size is not None else None
         return hashlib.sha1(json.dumps({"v": CACHE_VERSION, **geo}, sort_keys=True).encode()).hexdigest()[:12]
 
 

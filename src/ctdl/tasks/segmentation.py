@@ -173,22 +173,35 @@ def postprocess_prediction(cfg: ExperimentConfig, labels: np.ndarray, probs: np.
                        fill_holes=pc.fill_holes)
 
 
-def validation_fn(cfg: ExperimentConfig, val: list[PreparedCase], device: str):
-    """Per-class Dice on whole validation volumes (the trainer prefixes keys with ``val_``)."""
-    from ctdl.metrics.segmentation import dice
+def validation_fn(cfg: ExperimentConfig, val: list[PreparedCase], device: str, weights: list[float] | None = None):
+    """Per-class Dice (and Jaccard / the thesis' JC_w when listed in ``monitors.metrics``) on whole validation
+    volumes; the trainer prefixes keys with ``val_``."""
+    from ctdl.metrics.segmentation import dice, jaccard, weighted_jaccard
 
     names = cfg.data.classes
+    wanted = set(cfg.monitors.metrics)
 
     def run(model: torch.nn.Module) -> dict[str, float]:
         if not val:
             return {}
         per_class: dict[str, list[float]] = {n: [] for n in names[1:]}
+        per_class_j: dict[str, list[float]] = {n: [] for n in names[1:]}
+        jcw: list[float] = []
         for case in val:
             labels, _ = predict_prepared(model, cfg, case.image, device)
             for k, n in enumerate(names[1:], start=1):
                 per_class[n].append(dice(labels, case.label, k))
+                if "jaccard" in wanted:
+                    per_class_j[n].append(jaccard(labels, case.label, k))
+            if "weighted_jaccard" in wanted:
+                eye = np.eye(len(names), dtype=np.float32)
+                jcw.append(weighted_jaccard(eye[labels], eye[case.label], weights, class_axis=-1))
         out = {f"dice_{n}": float(np.nanmean(v)) for n, v in per_class.items()}
         out["dice_mean"] = float(np.nanmean(list(out.values())))
+        if "jaccard" in wanted:
+            out.update({f"jaccard_{n}": float(np.nanmean(v)) for n, v in per_class_j.items()})
+        if jcw:
+            out["weighted_jaccard"] = float(np.mean(jcw))
         return out
 
     return run
@@ -250,7 +263,7 @@ def _fit_stage(cfg: ExperimentConfig, run_dir: Path, train_cases: list[Case], va
     mode = cfg.training.monitor_mode if val_set else "min"
     callbacks = default_callbacks(cfg, run_dir, progress=progress)
     trainer = Trainer(
-        model, optimizer, scheduler, loss_fn, sampler.epoch, validation_fn(cfg, val_set, device), run_dir,
+        model, optimizer, scheduler, loss_fn, sampler.epoch, validation_fn(cfg, val_set, device, weights), run_dir,
         cfg.training.epochs, callbacks=callbacks, device=device, grad_clip=cfg.training.grad_clip,
         amp=cfg.training.amp, monitor=monitor, monitor_mode=mode, seed=cfg.seed,
         steps_per_epoch=len(sampler), val_every=cfg.training.val_every, progress=progress, checkpoint_meta=meta,
