@@ -450,7 +450,7 @@ def test_resample_antialias_averages_when_downsampling() -> None:
     smooth = resample(vol, (2.0, 1.0, 1.0)).array
     assert plain.shape == smooth.shape == (16, 16, 16)
     assert plain.std() > 6.0  # linear interpolation averages at most two neighbours (10 / sqrt 2)
-    assert smooth.std() < 0.7 * plain.std()
+    assert smooth.std() < 0.8 * plain.std() and smooth.std() < 5.5  # ~10 / sqrt(4): four slices averaged
     # a constant image is unchanged by antialiasing
     const = Volume.from_array(np.full((64, 8, 8), 7.0, np.float32), spacing=(0.5, 1.0, 1.0))
     assert np.allclose(resample(const, (2.0, 1.0, 1.0)).array, 7.0)

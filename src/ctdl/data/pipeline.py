@@ -120,9 +120,26 @@ class SegPreprocessor:
             return float(min(a.min() for a in images)), float(max(a.max() for a in images))
         raise ValueError("intensity range unknown: call fit() first or set preprocessing.intensity_range")
 
-    def intensity(self, arr: np.ndarray) -> np.ndarray:
-        """Normalize one image array (geometry stage output) to the network's input range."""
+    def sample_range(self, raw: np.ndarray) -> tuple[float, float]:
+        """(min, max) a sample-wise normalization would see on this whole image after the HU window."""
+        lo, hi = float(raw.min()), float(raw.max())
+        win = self.window_bounds()
+        if win is not None:
+            lo, hi = min(max(lo, win[0]), win[1]), min(max(hi, win[0]), win[1])
+        return lo, hi
+
+    def intensity(self, arr: np.ndarray, sample_range: tuple[float, float] | None = None) -> np.ndarray:
+        """Normalize one image array (geometry stage output) to the network's input range.
+
+        ``sample_range``: for the sample-wise DLAE kinds, use this (min, max) instead of the array's own, so a
+        crop is normalized exactly as the whole image would be.
+        """
         kind = self.cfg.normalization
+        if sample_range is not None and kind.startswith("samplewise") and sample_range[1] > sample_range[0]:
+            kind = kind.replace("samplewise", "global")
+            out, _ = pp.normalize(arr, kind, x_range=sample_range)
+            out = np.asarray(out, dtype=np.float32)
+            return np.repeat(out[None], self.cfg.repeat_channels, axis=0)
         if kind == "none":
             out = arr.astype(np.float32)
         elif kind == "zscore":

@@ -428,29 +428,32 @@ class Predictor:
     def predict_volume(self, image: Volume, roi: bool | None = None) -> Volume:
         """Label map for ``image`` with exactly its shape and affine.
 
-        ``roi`` (default: the config's ``inference.two_stage``) runs the coarse localiser first and the
-        model only inside the box around what it finds (plus ``inference.roi_margin_mm``); if the coarse
-        pass finds nothing the whole volume is processed.
+        ``roi`` (default: the config's ``inference.two_stage``) runs the coarse localiser first; the image is
+        cropped (on its own grid) to the box around what it finds plus ``inference.roi_margin_mm``, and only
+        that crop is resampled and segmented, then pasted back. If the coarse pass finds nothing the whole
+        volume is processed. Sample-wise normalizations use the whole image's (windowed) range in both modes.
         """
         use_roi = self.cfg.inference.two_stage if roi is None else roi
         if use_roi and self.coarse is None:
             raise InputError("ROI mode needs a coarse localiser: train with inference.two_stage: true")
-        img_s, _, ctx = self.pre.geometry(image, None)
-        x = self.pre.intensity(img_s.array)  # normalized on the whole volume, so a crop sees the same values
-        bbox = self._coarse_bbox(image, ctx.resampled_affine, img_s.shape) if use_roi else None
-        self.last_roi = bbox
-        if bbox is not None:
-            x = x[(slice(None),) + bbox]
-            ctx.bbox = bbox
+        sample_range = self.pre.sample_range(image.array)
+        box = self._coarse_box(image) if use_roi else None
+        self.last_roi = box
+        sub = image if box is None else _crop_volume(image, box)
+        img_s, _, ctx = self.pre.geometry(sub, None)
+        x = self.pre.intensity(img_s.array, sample_range=sample_range)
         labels, probs = predict_prepared(self.model, self.cfg, x, self.device)
         labels = postprocess_prediction(self.cfg, labels, probs, x, tuple(img_s.spacing))  # type: ignore[arg-type]
         out = self.pre.restore(labels, ctx)
+        if box is not None:
+            full = np.zeros(image.shape, np.uint8)
+            full[box] = out.array
+            out = Volume(full, image.affine.copy(), {}, image.file_axes)
         out.meta.update({"source": image.meta.get("source"), "classes": list(self.cfg.data.classes)})
         return out
 
-    def _coarse_bbox(self, image: Volume, fine_affine: np.ndarray, fine_shape: tuple[int, int, int]
-                     ) -> tuple[slice, slice, slice] | None:
-        """Box (fine-grid voxels) around the coarse localiser's foreground, plus the configured margin."""
+    def _coarse_box(self, image: Volume) -> tuple[slice, slice, slice] | None:
+        """Box (in ``image``'s own voxels) around the coarse localiser's foreground, plus the configured margin."""
         cmodel, ccfg, cpre = self.coarse  # type: ignore[misc]
         prep, cctx = cpre.prepare("input", image, None, None, use_label_roi=False)
         lab, probs = predict_prepared(cmodel, ccfg, prep.image, self.device)
@@ -460,12 +463,11 @@ class Predictor:
             return None
         lo, hi = idx.min(0) - 0.5, idx.max(0) + 0.5  # voxel edges of the coarse box
         corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
-        fine = (np.linalg.inv(fine_affine) @ (cctx.resampled_affine @ corners.T))[:3].T
-        spacing = np.linalg.norm(fine_affine[:3, :3], axis=0)
-        margin = np.asarray(self.cfg.inference.roi_margin_mm) / spacing
-        f_lo = np.floor(fine.min(0) - margin).astype(int)
-        f_hi = np.ceil(fine.max(0) + margin).astype(int) + 1
-        box = tuple(slice(max(0, int(a)), min(n, int(b))) for a, b, n in zip(f_lo, f_hi, fine_shape))
+        vox = (np.linalg.inv(image.affine) @ (cctx.resampled_affine @ corners.T))[:3].T
+        margin = np.asarray(self.cfg.inference.roi_margin_mm) / np.asarray(image.spacing)
+        v_lo = np.floor(vox.min(0) - margin).astype(int)
+        v_hi = np.ceil(vox.max(0) + margin).astype(int) + 1
+        box = tuple(slice(max(0, int(a)), min(n, int(b))) for a, b, n in zip(v_lo, v_hi, image.shape))
         if any(s.stop - s.start < 2 for s in box):
             return None
         return box  # type: ignore[return-value]
@@ -473,6 +475,13 @@ class Predictor:
     def predict_file(self, src: str | Path, dst: str | Path) -> Path:
         image = read_volume(src)
         return write_volume(self.predict_volume(image), dst)
+
+
+def _crop_volume(image: Volume, box: tuple[slice, slice, slice]) -> Volume:
+    """A crop of ``image`` on its own grid (origin moved so world coordinates are unchanged)."""
+    from ctdl.data import preprocess as pp
+
+    return pp.crop(image, box)
 
 
 def predict_paths(model: str | Path, inputs: str | Path, output: str | Path, device: str = "auto") -> list[Path]:
