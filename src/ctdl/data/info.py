@@ -42,18 +42,11 @@ def volume_summary(vol: Volume, max_labels: int = 256) -> dict[str, Any]:
 
 def _nifti_header_summary(path: Path) -> dict[str, Any]:
     """Geometry of a NIfTI file from its header only (no voxel data read)."""
-    import nibabel as nib
+    from ctdl.io.nifti import nifti_header_geometry
 
-    from ctdl.io.volume import canonical_axes
-
-    img = nib.load(str(path))
-    perm = canonical_axes(img.affine)
-    zooms = img.header.get_zooms()
-    return {
-        "shape": [int(img.shape[p]) for p in perm],
-        "spacing_mm": [round(float(zooms[p]), 4) for p in perm],
-        "orientation": "".join(nib.aff2axcodes(img.affine)[p] for p in perm),
-    }
+    geo = nifti_header_geometry(path)
+    return {"shape": list(geo["shape"]), "spacing_mm": [round(v, 4) for v in geo["spacing"]],
+            "orientation": geo["orientation"]}
 
 
 def kits19_summary(root: Path) -> dict[str, Any]:
@@ -114,8 +107,8 @@ def format_info(info: dict[str, Any], indent: int = 0) -> str:
             lines.append(f"{pad}{key}:")
             for item in value:
                 lines.append(f"{pad}  - " + ", ".join(f"{k}={v}" for k, v in item.items()))
-        elif isinstance(value, list) and key in ("shape", "spacing_mm", "origin_mm"):
-            lines.append(f"{pad}{key}: " + " x ".join(str(v) for v in value) if key != "origin_mm" else f"{pad}{key}: {value}")
+        elif isinstance(value, list) and key in ("shape", "spacing_mm"):
+            lines.append(f"{pad}{key}: " + " x ".join(str(v) for v in value))
         else:
             lines.append(f"{pad}{key}: {value}")
     return "\n".join(lines)

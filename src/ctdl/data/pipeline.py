@@ -136,11 +136,8 @@ class SegPreprocessor:
         """
         kind = self.cfg.normalization
         if sample_range is not None and kind.startswith("samplewise") and sample_range[1] > sample_range[0]:
-            kind = kind.replace("samplewise", "global")
-            out, _ = pp.normalize(arr, kind, x_range=sample_range)
-            out = np.asarray(out, dtype=np.float32)
-            return np.repeat(out[None], self.cfg.repeat_channels, axis=0)
-        if kind == "none":
+            out, _ = pp.normalize(arr, kind.replace("samplewise", "global"), x_range=sample_range)
+        elif kind == "none":
             out = arr.astype(np.float32)
         elif kind == "zscore":
             out = pp.zscore(arr)
@@ -167,6 +164,11 @@ class SegPreprocessor:
             img_s, lab_s, ctx = geometry_cache.get_or_make(case_id, self, image, label)
         else:
             img_s, lab_s, ctx = self.geometry(image, label)
+        return self.finish(case_id, img_s, lab_s, ctx, use_label_roi), ctx
+
+    def finish(self, case_id: str, img_s: Volume, lab_s: Volume | None, ctx: GeometryContext,
+               use_label_roi: bool = True) -> PreparedCase:
+        """ROI crop and intensity stage of :meth:`prepare`, from geometry-stage outputs (sets ``ctx.bbox``)."""
         arr = img_s.array
         lab = lab_s.array.astype(np.uint8) if lab_s is not None else None
         if use_label_roi and lab is not None:
@@ -174,8 +176,7 @@ class SegPreprocessor:
         if ctx.bbox is not None:
             arr = arr[ctx.bbox]
             lab = lab[ctx.bbox] if lab is not None else None
-        case = PreparedCase(case_id, self.intensity(arr), lab, tuple(img_s.spacing))  # type: ignore[arg-type]
-        return case, ctx
+        return PreparedCase(case_id, self.intensity(arr), lab, tuple(img_s.spacing))  # type: ignore[arg-type]
 
     def restore(self, labels: np.ndarray, ctx: GeometryContext) -> Volume:
         """Map a label map predicted in prepared space back onto the original image grid exactly."""

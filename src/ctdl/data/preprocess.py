@@ -483,31 +483,24 @@ def normalize(
     returned as an unchanged copy. Nothing is clipped (global ranges narrower than the data exceed [0, 1]).
     """
     scope, mode, target = _check_kind(kind)
-    xa = _arr(x, "x")
     if scope == "none":
+        _arr(x, "x")
         return _copy(x), _copy(y)
-    if xa.dtype.kind not in "biuf":
-        raise InputError(f"x: expected a numeric array, got dtype {xa.dtype}")
-    _check_finite(xa, "x", f"{kind} normalization")
-    if scope == "samplewise":
-        lo, hi = _sample_range(xa, "x")
-    else:
-        lo, hi = _range(x_range, "x_range")
-    x_out = _rewrap(x, _minmax_scale(xa, lo, hi, mode))
+
+    def scale(a: Any, name: str, value_range: Sequence[float] | None) -> Any:
+        arr = _arr(a, name)
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+        _check_finite(arr, name, f"{kind} normalization")
+        lo, hi = _sample_range(arr, name) if scope == "samplewise" else _range(value_range, f"{name}_range")
+        return _rewrap(a, _minmax_scale(arr, lo, hi, mode))
+
+    x_out = scale(x, "x", x_range)
     if target == "x":
         return x_out, _copy(y)
     if y is None:
         raise InputError(f"normalization kind {kind!r} also normalizes y, but y was not given")
-    ya = _arr(y, "y")
-    if ya.dtype.kind not in "biuf":
-        raise InputError(f"y: expected a numeric array, got dtype {ya.dtype}")
-    _check_finite(ya, "y", f"{kind} normalization")
-    if scope == "samplewise":
-        ylo, yhi = _sample_range(ya, "y")
-    else:
-        ylo, yhi = _range(y_range, "y_range")
-    y_out = _rewrap(y, _minmax_scale(ya, ylo, yhi, mode))  # type: ignore[type-var]
-    return x_out, y_out
+    return x_out, scale(y, "y", y_range)
 
 
 def denormalize(z: ArrayOrVolume, kind: str, value_range: Sequence[float]) -> ArrayOrVolume:

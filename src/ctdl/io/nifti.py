@@ -5,13 +5,14 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
 from ctdl.errors import InputError
 from ctdl.io.atomic import atomic_path
-from ctdl.io.volume import Volume, from_file_order, to_file_order
+from ctdl.io.volume import Volume, canonical_axes, from_file_order, to_file_order
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -40,6 +41,23 @@ def read_nifti(path: str | Path, dtype: np.dtype | None = None) -> Volume:
         raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
     vol = from_file_order(np.asarray(data), img.affine, {"source": str(path), "format": "nifti"})
     return vol
+
+
+def nifti_header_geometry(path: str | Path) -> dict[str, Any]:
+    """Shape, spacing and orientation in the (D, H, W) convention from a NIfTI header only (no voxels read)."""
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+    except (OSError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path}: not a readable NIfTI file ({exc})") from exc
+    perm = canonical_axes(img.affine)
+    zooms = img.header.get_zooms()
+    codes = nib.aff2axcodes(img.affine)
+    return {
+        "shape": tuple(int(img.shape[p]) for p in perm),
+        "spacing": tuple(float(zooms[p]) for p in perm),
+        "orientation": "".join(codes[p] for p in perm),
+    }
 
 
 def write_nifti(vol: Volume, path: str | Path, dtype: np.dtype | None = None) -> Path:

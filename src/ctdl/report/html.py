@@ -144,8 +144,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str] | None = None, digits:
         cells = []
         for c in cols:
             v = r.get(c, "")
-            f = _num(v) if not isinstance(v, (int, float)) else float(v)
-            txt = f"{f:.{digits}g}" if np.isfinite(f) and not (isinstance(v, str) and not v.replace(".", "").replace("-", "").replace("e", "").isdigit()) else str(v)
+            f = _num(v)  # NaN for text such as case ids
+            txt = f"{f:.{digits}g}" if np.isfinite(f) else str(v)
             cells.append(f"<td>{html.escape(txt)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"

@@ -224,26 +224,18 @@ def _fit_stage(cfg: ExperimentConfig, run_dir: Path, train_cases: list[Case], va
     if not train_cases:
         raise ConfigError("data.split: the training split is empty")
     if cfg.preprocessing.spacing is None:
-        import nibabel as nib
+        from ctdl.io.nifti import is_nifti, nifti_header_geometry
 
-        from ctdl.io.volume import canonical_axes
-
-        sp = []
-        for c in train_cases:
-            img = nib.load(str(c.image)) if str(c.image).endswith((".nii", ".nii.gz")) else None
-            if img is not None:
-                zooms = img.header.get_zooms()
-                sp.append(tuple(float(zooms[a]) for a in canonical_axes(img.affine)))
-            else:
-                sp.append(read_volume(c.image).spacing)
-        pre.plan_spacing(sp)
+        pre.plan_spacing([nifti_header_geometry(c.image)["spacing"] if is_nifti(c.image) else read_volume(c.image).spacing
+                          for c in train_cases])
+    # each training case is read once: geometry stage (cached), then the plan, then ROI + intensity
     geo = []
     for c in tqdm(train_cases, desc="preprocess train", leave=False, disable=None if progress else True):
         image, label = load_case(c, cfg.n_classes)
-        geo.append(cache.get_or_make(c.case_id, pre, image, label)[0].array)
-    pre.fit(geo)
+        geo.append((c.case_id, *cache.get_or_make(c.case_id, pre, image, label)))
+    pre.fit([img_s.array for _, img_s, _, _ in geo])
+    train_set = [pre.finish(cid, img_s, lab_s, ctx) for cid, img_s, lab_s, ctx in geo]
     del geo
-    train_set = prepare_cases(pre, train_cases, cfg.n_classes, cache, "prepare train")
     val_set = prepare_cases(pre, val_cases, cfg.n_classes, cache, "prepare val",
                             use_label_roi=cfg.preprocessing.roi.enabled)
 
