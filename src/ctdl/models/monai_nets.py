@@ -9,7 +9,7 @@ import torch.nn as nn
 from ctdl.models.registry import register_model
 
 
-@register_model("unet3d_small", dims=3, default_input=(1, 32, 64, 64))
+@register_model("unet3d_small", dims=3, divisible_by=8, default_input=(1, 32, 64, 64))
 def unet3d_small(
     in_channels: int = 1,
     out_channels: int = 3,
@@ -26,7 +26,7 @@ def unet3d_small(
                 num_res_units=num_res_units, norm=norm, dropout=dropout)
 
 
-@register_model("monai_unet", dims=3, default_input=(1, 64, 64, 64))
+@register_model("monai_unet", dims=3, divisible_by=16, default_input=(1, 64, 64, 64))
 def monai_unet(
     in_channels: int = 1,
     out_channels: int = 3,
@@ -44,7 +44,7 @@ def monai_unet(
                 num_res_units=num_res_units, norm=norm, dropout=dropout)
 
 
-@register_model("basicunet", dims=3, default_input=(1, 32, 64, 64))
+@register_model("basicunet", dims=3, divisible_by=16, default_input=(1, 32, 64, 64))
 def basicunet(in_channels: int = 1, out_channels: int = 3, spatial_dims: int = 3,
               features: Sequence[int] = (32, 32, 64, 128, 256, 32)) -> nn.Module:
     """MONAI BasicUNet (the classic U-Net with four poolings), 2D or 3D."""
@@ -53,7 +53,7 @@ def basicunet(in_channels: int = 1, out_channels: int = 3, spatial_dims: int = 3
     return BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=tuple(features))
 
 
-@register_model("segresnet", dims=3, default_input=(1, 32, 64, 64))
+@register_model("segresnet", dims=3, divisible_by=8, default_input=(1, 32, 64, 64))
 def segresnet(in_channels: int = 1, out_channels: int = 3, spatial_dims: int = 3, init_filters: int = 8) -> nn.Module:
     """MONAI SegResNet (Myronenko 2018), 2D or 3D."""
     from monai.networks.nets import SegResNet

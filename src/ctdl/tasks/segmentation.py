@@ -140,7 +140,9 @@ def _model_divisor(cfg: ExperimentConfig) -> int | None:
     strides = cfg.model.params.get("strides")
     if strides is not None:
         return int(np.prod([s if isinstance(s, int) else max(s) for s in strides]))
-    return {"unet3d_small": 8, "monai_unet": 16, "basicunet": 16, "segresnet": 8}.get(cfg.model.name)
+    from ctdl.models import model_info
+
+    return model_info(cfg.model.name).get("divisible_by")  # registered with the model (input size it needs)
 
 
 def predict_prepared(model: torch.nn.Module, cfg: ExperimentConfig, image: np.ndarray, device: str = "cpu"
