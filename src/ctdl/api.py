@@ -14,11 +14,26 @@ def train(config: ExperimentConfig | str | Path, overrides: Iterable[str] | None
           progress: bool = True) -> Path:
     """Train the experiment a config describes; returns the run folder."""
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config, overrides)
-    if cfg.task == "segmentation":
+    trainer = _task_trainer(cfg.task)
+    try:
+        return trainer(cfg, resume=resume, progress=progress)
+    except BaseException as exc:  # the run folder says it failed (sweeps and the web UI read this)
+        from ctdl.engine.rundir import write_run_summary
+
+        if cfg.run_dir.is_dir():
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            write_run_summary(cfg.run_dir, cfg.task, cfg.model.name, None, {}, status=status,
+                              error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _task_trainer(task: str) -> Any:
+    """The ``train(cfg, resume=, progress=)`` function of a task (each task module has one)."""
+    if task == "segmentation":
         from ctdl.tasks.segmentation import train as train_seg
 
-        return train_seg(cfg, resume=resume, progress=progress)
-    raise ConfigError(f"task '{cfg.task}' has no trainer in this version of ctdl")
+        return train_seg
+    raise ConfigError(f"task '{task}' has no trainer in this version of ctdl")
 
 
 def predict(model: str | Path, inputs: str | Path, output: str | Path, device: str = "auto") -> list[Path]:

@@ -323,8 +323,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         extra["coarse"] = {"config": cmeta["config"], "plan": cpre.plan, "state": cmodel.state_dict()}
         timing["coarse_train_s"] = round(time.time() - t1, 1)
     t1 = time.time()
-    _fit_stage(cfg, run_dir, train_cases, val_cases, device, progress, resume, extra)
+    model, _, _ = _fit_stage(cfg, run_dir, train_cases, val_cases, device, progress, resume, extra)
     timing["train_s"] = round(time.time() - t1, 1)
+    metrics: dict[str, Any] = {}
 
     # final evaluation on the held-out test split with the best weights
     test_ids = split["test"]
@@ -340,10 +341,14 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
             case = by_id[cid]
             out = predictor.predict_file(case.image, pred_dir / f"{cid}.nii.gz")
             rows.append(evaluate_pair(out, case.label, cfg, cid))
-        _write_metrics(rows, run_dir, cfg)
+        metrics = _write_metrics(rows, run_dir, cfg)
         timing["test_predict_eval_s"] = round(time.time() - t1, 1)
     timing["total_s"] = round(time.time() - t0, 1)
     _write_json(run_dir / "timing.json", timing)
+    from ctdl.engine.rundir import write_run_summary
+    from ctdl.models import count_parameters
+
+    write_run_summary(run_dir, "segmentation", cfg.model.name, count_parameters(model), metrics, timing)
     try:
         from ctdl.report.html import write_report
 
@@ -523,11 +528,14 @@ def evaluate_pair(pred_path: str | Path, truth_path: str | Path | None, cfg: Exp
     return {"case_id": case_id, **row}
 
 
-def _write_metrics(rows: list[dict[str, Any]], out_dir: Path, cfg: ExperimentConfig | None) -> None:
+def _write_metrics(rows: list[dict[str, Any]], out_dir: Path, cfg: ExperimentConfig | None) -> dict[str, float]:
+    """Per-case and summary CSVs; returns the mean of each metric."""
     from ctdl.metrics.segmentation import summarize, write_metrics_csv, write_summary_csv
 
     write_metrics_csv(rows, out_dir / "metrics.csv")
-    write_summary_csv(summarize(rows), out_dir / "metrics_summary.csv")
+    summary = summarize(rows)
+    write_summary_csv(summary, out_dir / "metrics_summary.csv")
+    return {name: stats["mean"] for name, stats in summary.items()}
 
 
 def evaluate_paths(pred: str | Path, truth: str | Path, output: str | Path | None = None,
