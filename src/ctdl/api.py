@@ -27,20 +27,40 @@ def train(config: ExperimentConfig | str | Path, overrides: Iterable[str] | None
         raise
 
 
+# task -> module with train(cfg, resume=, progress=) and predict_paths(model, inputs, output, device=)
+_TASK_MODULES = {
+    "segmentation": "ctdl.tasks.segmentation",
+    "classification": "ctdl.tasks.classification",
+    "regression": "ctdl.tasks.classification",
+    "gan": "ctdl.tasks.gan",
+    "detection": "ctdl.tasks.detection",
+}
+
+
 def _task_trainer(task: str) -> Any:
     """The ``train(cfg, resume=, progress=)`` function of a task (each task module has one)."""
-    if task == "segmentation":
-        from ctdl.tasks.segmentation import train as train_seg
+    import importlib
 
-        return train_seg
+    module = _TASK_MODULES.get(task)
+    if module is not None:
+        try:
+            return importlib.import_module(module).train
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
     raise ConfigError(f"task '{task}' has no trainer in this version of ctdl")
 
 
 def predict(model: str | Path, inputs: str | Path, output: str | Path, device: str = "auto") -> list[Path]:
-    """Predict label maps for a file, a DICOM series, a KiTS19 folder or a folder of volumes."""
-    from ctdl.tasks.segmentation import predict_paths
+    """Apply a trained model (its checkpoint says which task) to a file, a DICOM series or a folder."""
+    import importlib
 
-    return predict_paths(model, inputs, output, device=device)
+    from ctdl.engine.trainer import load_checkpoint
+
+    meta = load_checkpoint(model).get("meta") or {}
+    task = (meta.get("config") or {}).get("task", "segmentation")
+    module = importlib.import_module(_TASK_MODULES.get(task, "ctdl.tasks.segmentation"))
+    return module.predict_paths(model, inputs, output, device=device)
 
 
 def evaluate(pred: str | Path, truth: str | Path, output: str | Path | None = None, **kwargs: Any) -> list[dict[str, Any]]:

@@ -147,7 +147,7 @@ def _commented(model: type[BaseModel], values: dict[str, Any], indent: int) -> l
         value = values.get(name)
         desc = field.description or ""
         sub = _section_type(field.annotation)
-        if sub is not None and isinstance(value, dict):
+        if sub is not None and isinstance(value, dict) and value:
             if desc:
                 lines.append(f"{pad}# {desc}")
             lines.append(f"{pad}{name}:")

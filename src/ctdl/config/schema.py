@@ -318,6 +318,18 @@ class ModelConfig(Section):
     layers: Optional[list[str]] = Field(None, description="DLAE serial layer list (instead of name)")
 
 
+class ClassificationConfig(Section):
+    """Whole-volume classification / regression settings (ViPTT-Net seed)."""
+
+
+class GanConfig(Section):
+    """Image-to-image translation settings (pix2pix, CycleGAN)."""
+
+
+class DetectionConfig(Section):
+    """Box detection settings (SSD)."""
+
+
 class ExperimentConfig(Section):
     """A whole experiment. DLAE's `config_file.model_signal` is `task`."""
 
@@ -339,6 +351,9 @@ class ExperimentConfig(Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
+    gan: GanConfig = Field(default_factory=GanConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
     scales: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named override sets, e.g. {demo: {training.epochs: 2}}, applied by --scale NAME"
     )
