@@ -36,6 +36,13 @@ def make_phantom(kits: Path, out: Path) -> tuple[Path, Path]:
     from ctdl.data.synthetic import synth_kits_case
     from ctdl.io import read_nifti, write_nifti
 
+    import hashlib
+
+    from ctdl.data.synthetic import PhantomParams
+
+    tag = hashlib.sha1(json.dumps(PhantomParams().to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    out = out / f"phantom_{tag}"  # re-rendered when the phantom defaults change
+    out.mkdir(parents=True, exist_ok=True)
     img_p, seg_p = out / "imaging.nii.gz", out / "segmentation.nii.gz"
     if not img_p.exists():
         mask = read_nifti(kits / "case_00000" / "segmentation.nii.gz")
@@ -58,7 +65,7 @@ def run_mode(mode: str, run: Path, image: Path, out: Path) -> dict:
         vol = read_volume(image)
         mask = pred.predict_volume(vol, roi=(mode == "roi"))
         write_volume(mask, out)
-        extra = {"roi_box": [[s.start, s.stop] for s in pred.last_roi] if pred.last_roi else None}
+        extra = {"roi_boxes": [[[s.start, s.stop] for s in box] for box in pred.last_rois]}
     else:
         from monai.inferers import sliding_window_inference
 

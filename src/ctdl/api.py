@@ -57,10 +57,13 @@ def predict(model: str | Path, inputs: str | Path, output: str | Path, device: s
 
     from ctdl.engine.trainer import load_checkpoint
 
-    meta = load_checkpoint(model).get("meta") or {}
+    path = Path(model)
+    if path.is_dir():  # a run folder: its best checkpoint, else the last one
+        path = next((path / n for n in ("best.pt", "last.pt") if (path / n).exists()), path / "best.pt")
+    meta = load_checkpoint(path).get("meta") or {}
     task = (meta.get("config") or {}).get("task", "segmentation")
     module = importlib.import_module(_TASK_MODULES.get(task, "ctdl.tasks.segmentation"))
-    return module.predict_paths(model, inputs, output, device=device)
+    return module.predict_paths(path, inputs, output, device=device)
 
 
 def evaluate(pred: str | Path, truth: str | Path, output: str | Path | None = None, **kwargs: Any) -> list[dict[str, Any]]:
@@ -68,6 +71,16 @@ def evaluate(pred: str | Path, truth: str | Path, output: str | Path | None = No
     from ctdl.tasks.segmentation import evaluate_paths
 
     return evaluate_paths(pred, truth, output, **kwargs)
+
+
+def sweep(sweep_file: str | Path, scale: str | None = None, parallel: int = 1, dry_run: bool = False,
+          collect_only: bool = False, overrides: Iterable[str] | None = None, progress: bool = True) -> Path:
+    """Run a sweep file (one ``ctdl train`` subprocess per run, finished runs skipped) and write its
+    ranked results table (results.csv/html/md); returns the sweep's output folder."""
+    from ctdl.experiments.sweep import sweep as run
+
+    return run(sweep_file, scale=scale, parallel=parallel, dry_run=dry_run, progress=progress,
+               collect_only=collect_only, overrides=list(overrides or []))
 
 
 def report(run_dir: str | Path) -> Path:

@@ -62,6 +62,34 @@ def _cmd_config_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_import_dlae(args: argparse.Namespace) -> int:
+    from ctdl.config.dlae import apply_dlae_overrides, dlae_import
+    from ctdl.config.load import apply_overrides, config_from_dict, dump_config, read_mapping
+    from ctdl.io.atomic import atomic_write_text
+
+    raw, rest = apply_dlae_overrides(read_mapping(args.file), args.set, source=args.file)
+    data, notes = dlae_import(raw, args.file)
+    cfg = config_from_dict(apply_overrides(data, rest), args.file)
+    head = [f"# imported from the DLAE config {args.file} by `ctdl config import-dlae`"]
+    head += [f"# note: {n}" for n in notes]
+    text = "\n".join(head) + "\n" + dump_config(cfg)
+    if args.output:
+        atomic_write_text(args.output, text)
+        print(f"wrote {args.output}: task {cfg.task}, model {cfg.model.name}" + (f", {len(notes)} notes" if notes else ""))
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_data_to_hdf5(args: argparse.Namespace) -> int:
+    from ctdl.io.hdf5 import nifti_cases_to_hdf5
+
+    out = nifti_cases_to_hdf5(args.input, args.output_x, args.output_y, context=args.context,
+                              cases=args.cases, skip_empty=args.skip_empty, dtype=args.dtype, model=args.model)
+    print(f"wrote {out['n_samples']} samples: {out['x']} and {out['y']} (sample shape {out['shape']})")
+    return 0
+
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -86,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output file (.nii.gz, .nii, .npz, .npy, .nrrd, .mha)")
     p.add_argument("--series-uid", help="DICOM folder with several series: which one")
     p.set_defaults(func=_cmd_data_convert)
+    p = dsub.add_parser("to-hdf5", help="write NIfTI cases (KiTS19 folder or images/labels folders) as a DLAE HDF5 pair")
+    p.add_argument("input", help="a KiTS19-style folder (case_XXXXX/imaging + segmentation) or a folder with images/ and labels/")
+    p.add_argument("output_x", help="images HDF5 file to write")
+    p.add_argument("output_y", help="annotations HDF5 file to write")
+    p.add_argument("--context", choices=["2D", "3D"], default="2D", help="2D: one sample per axial slice; 3D: one per volume")
+    p.add_argument("--cases", nargs="*", help="only these case ids")
+    p.add_argument("--skip-empty", action="store_true", help="2D: leave out slices without any labelled voxel")
+    p.add_argument("--dtype", default="float32", help="image dtype in the file (labels are uint8)")
+    p.add_argument("--model", choices=["fcn", "cnn_classification", "bbd"], default="fcn",
+                   help="annotation layout: fcn label maps, cnn_classification highest label present, bbd boxes per component")
+    p.set_defaults(func=_cmd_data_to_hdf5)
     p = dsub.add_parser("synth-kits", help="render CT-like phantoms from KiTS19 masks (KiTS19 layout)")
     p.add_argument("--kits", default="../shared/data/kits19", help="folder of KiTS19 masks")
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -105,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config_validate)
     p = csub.add_parser("defaults", help="print a complete, commented default config")
     p.set_defaults(func=_cmd_config_defaults)
+    p = csub.add_parser("import-dlae", help="convert a DLAE JSON config into a ctdl YAML config (checked against the schema)")
+    p.add_argument("file", help="DLAE config (.json)")
+    p.add_argument("-o", "--output", help="output YAML (default: print)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a DLAE key (paths.train_X=...) or a ctdl key")
+    p.set_defaults(func=_cmd_config_import_dlae)
 
     _register_extra(sub)
     return parser

@@ -79,3 +79,40 @@ def test_inplane_resize_is_undone(tmp_path) -> None:
     out = pre.restore(case.label, ctx)
     assert out.shape == label.shape and np.allclose(out.affine, label.affine)
     assert (out.array == label.array).mean() > 0.9
+
+
+def test_per_kidney_fixed_size_crops() -> None:
+    # two "kidneys" in a 10 x 40 x 60 volume; per-kidney ROI of 16 x 16 in-plane around each
+    lab = np.zeros((10, 40, 60), np.uint8)
+    lab[2:6, 5:11, 4:10] = 1      # left one touches the border region: its window is shifted inside
+    lab[3:8, 20:30, 40:52] = 1
+    lab[4:6, 24:27, 44:47] = 2
+    img = lab.astype(np.float32) * 100
+    vol_i, vol_l = Volume(img, np.eye(4)), Volume(lab, np.eye(4))
+    cfg = PreprocessingConfig(reorient=False, hu_window=None, normalization="samplewise_unity_x",
+                              roi={"enabled": True, "per_kidney": True, "size_hw": (16, 16), "margin": (1, 0, 0)})
+    pre = SegPreprocessor(cfg)
+    cases = pre.finish_all("c", vol_i, vol_l)
+    assert [c.case_id for c in cases] == ["c#roi0", "c#roi1"]
+    big, small = cases  # largest component first
+    assert big.label.shape == (7, 16, 16) and small.label.shape == (6, 16, 16)
+    assert (big.label == 2).sum() == (lab == 2).sum() and (big.label == 1).sum() == (lab[3:8, 20:30, 40:52] == 1).sum()
+    assert (small.label > 0).sum() == 4 * 6 * 6  # the whole small kidney is inside its window
+    # sample-wise normalization uses the whole image's range [0, 200] (the tumour is in the other crop):
+    # the small kidney's 100 maps to 0.5, not to 1 as the crop's own range would give
+    assert np.isclose(small.image.max(), 0.5) and np.isclose(small.image.min(), 0.0)
+
+
+def test_component_boxes_rules() -> None:
+    from ctdl.data.preprocess import component_boxes, fixed_window
+
+    assert fixed_window(3.0, 10, 50) == slice(0, 10)       # moved inside at the low end
+    assert fixed_window(48.0, 10, 50) == slice(40, 50)     # and at the high end
+    assert fixed_window(20.0, 80, 50) == slice(0, 50)      # larger than the axis: all of it
+    m = np.zeros((5, 20, 20), np.uint8)
+    m[1:3, 2:5, 2:5] = 1
+    m[2:4, 10:18, 10:18] = 1
+    m[0, 19, 19] = 1  # 1 voxel: below 10 % of the largest, no box
+    boxes = component_boxes(m, margin=(1, 1, 1))
+    assert boxes == [(slice(1, 5), slice(9, 19), slice(9, 19)), (slice(0, 4), slice(1, 6), slice(1, 6))]
+    assert component_boxes(np.zeros((3, 3, 3))) == []

@@ -454,3 +454,9 @@ def test_resample_antialias_averages_when_downsampling() -> None:
     # a constant image is unchanged by antialiasing
     const = Volume.from_array(np.full((64, 8, 8), 7.0, np.float32), spacing=(0.5, 1.0, 1.0))
     assert np.allclose(resample(const, (2.0, 1.0, 1.0)).array, 7.0)
+
+
+def test_cubic_zoom_keeps_border_values() -> None:
+    # a constant -1000 HU volume stays -1000 everywhere (mode 'constant' would pull the borders toward 0)
+    out = pp.zoom_to_shape(np.full((5, 6, 6), -1000.0, np.float32), (9, 11, 11), order=3)
+    assert np.allclose(out, -1000.0, atol=1e-3)

@@ -52,12 +52,14 @@ def test_epochs_are_deterministic_and_differ() -> None:
     assert not all(torch.equal(u, v) for u, v in zip(a, c))
 
 
-def test_slices2d_drop_background_and_duplicate_tumour() -> None:
+def test_slices2d_every_slice_and_duplicate_tumour() -> None:
     cfg = SamplingConfig(mode="slices2d", tumor_duplication=4)
     s = Sampler([_case()], cfg, batch_size=4, seed=0)
-    # 7 foreground slices (5..11), 2 tumour slices (8, 9) duplicated 4 times -> 7 + 8
-    assert len(s.items) == 15
-    assert sorted({k for _, k in s.items}) == list(range(5, 12))
+    # all 20 slices (background ones too: preprocessing.remove_background_slices drops them beforehand),
+    # 2 tumour slices (8, 9) duplicated 4 times -> 20 + 8
+    assert len(s.items) == 28
+    assert sorted({k for _, k in s.items}) == list(range(20))
+    assert sum(k in (8, 9) for _, k in s.items) == 10
     x, y = next(iter(s.epoch(0)))
     assert x.shape == (4, 1, 24, 24) and y.shape == (4, 24, 24)
 

@@ -66,7 +66,7 @@ def test_registry_lists_all_losses() -> None:
     # None kwargs keep the defaults
     assert create_loss("softmax_dice", alpha=None).alpha == 0.5
     assert LOSSES.meta("dice_ce")["default"] is True
-    weighted = {n for n in list_losses() if LOSSES.meta(n).get("class_weights")}
+    weighted = {n for n in list_losses() if LOSSES.meta(n).get("class_weights") and LOSSES.meta(n).get("task") == "segmentation"}
     assert weighted == {"weighted_cross_entropy", "weighted_dice", "weighted_jaccard", "focal", "dice_ce"}
     for name in weighted:
         create_loss(name, weights=[0.2, 1.0, 2.0])

@@ -382,3 +382,118 @@ def test_csv_writers(tmp_path) -> None:
     assert float(srows["dice"]["mean"]) == pytest.approx(0.375)
     assert srows["assd"]["n"] == "0" and srows["assd"]["n_nan"] == "2"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.csv", "summary.csv"]
+
+
+# ----------------------------------------------------------------------------- DLAE evaluator metrics
+
+
+def test_rvd_and_mcc_by_hand() -> None:
+    from ctdl.metrics.segmentation import mcc, relative_volume_difference
+
+    pred = np.array([[0, 1, 1], [2, 2, 0]])
+    truth = np.array([[0, 1, 0], [2, 1, 0]])
+    # label 1: |P| = 2, |T| = 2 -> RVD 0; tp 1 fp 1 fn 1 tn 3 -> MCC (3 - 1) / sqrt(2 * 2 * 4 * 4) = 0.25
+    assert relative_volume_difference(pred, truth, 1) == 0.0
+    assert mcc(pred, truth, 1) == pytest.approx(0.25)
+    # label 2: |P| = 2, |T| = 1 -> RVD +1; tp 1 fp 1 fn 0 tn 4 -> MCC 4 / sqrt(2 * 1 * 5 * 4) = 0.6325
+    assert relative_volume_difference(pred, truth, 2) == 1.0
+    assert mcc(pred, truth, 2) == pytest.approx(4 / math.sqrt(40))
+    # under-segmentation is negative: half the truth predicted -> -0.5
+    t = np.zeros(10, int)
+    t[:4] = 1
+    p = np.zeros(10, int)
+    p[:2] = 1
+    assert relative_volume_difference(p, t, 1) == -0.5
+
+
+def test_mcc_agrees_with_sklearn(rng: np.random.Generator) -> None:
+    from sklearn.metrics import matthews_corrcoef
+
+    from ctdl.metrics.segmentation import mcc
+
+    for thr in (0.0, 0.3, 0.8):
+        truth = blob(rng, (12, 20, 20), thr).astype(int) + blob(rng, (12, 20, 20), thr + 0.4).astype(int)
+        pred = blob(rng, (12, 20, 20), thr).astype(int) + blob(rng, (12, 20, 20), thr + 0.2).astype(int)
+        for label in (1, 2):
+            with warnings.catch_warnings():  # sklearn warns when a mask holds one value only
+                warnings.simplefilter("ignore")
+                ref = matthews_corrcoef((truth == label).ravel(), (pred == label).ravel())
+            assert mcc(pred, truth, label) == pytest.approx(ref, abs=1e-12)
+    # undefined denominator: scikit-learn's 0.0 (class absent from both; predicted everywhere)
+    empty, full = np.zeros((4, 4), int), np.ones((4, 4), int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert mcc(empty, empty, 1) == matthews_corrcoef(empty.ravel(), empty.ravel()) == 0.0
+        half = np.zeros((4, 4), int)
+        half[:2] = 1
+        assert mcc(full, half, 1) == matthews_corrcoef((half == 1).ravel(), (full == 1).ravel()) == 0.0
+    # large counts do not overflow (the four marginals' product exceeds int64)
+    from ctdl.metrics.segmentation import _mcc
+
+    assert _mcc(10**7, 10**6, 10**6, 10**8) == pytest.approx(
+        (10**7 * 10**8 - 10**12) / math.sqrt(11e6 * 11e6 * 101e6 * 101e6))
+
+
+def test_rvd_empty_convention_and_evaluate_case_fields() -> None:
+    from ctdl.metrics.segmentation import relative_volume_difference
+
+    empty = np.zeros((6, 6, 6), int)
+    some = empty.copy()
+    some[2:4, 2:4, 2:4] = 1
+    assert relative_volume_difference(empty, empty, 1) == 0.0
+    assert math.isnan(relative_volume_difference(some, empty, 1))
+    assert relative_volume_difference(empty, some, 1) == -1.0
+    # evaluate_case carries every DLAE evaluator metric per class, plus voxel accuracy
+    truth = np.zeros((16, 16, 16), int)
+    truth[2:12, 2:12, 2:12] = 1
+    truth[4:7, 4:7, 4:7] = 2
+    pred = truth.copy()
+    pred[pred == 2] = 1  # kidney: tp 973, fp 27, fn 0; tumour: tp 0, fn 27
+    row = evaluate_case(pred, truth, (2.0, 1.0, 1.0))
+    for c in ("kidney", "tumor"):
+        for m in ("jaccard", "dice", "rvd", "precision", "sensitivity", "mcc", "hd95_mm", "assd_mm"):
+            assert f"{c}_{m}" in row
+    assert row["kidney_rvd"] == pytest.approx(27 / 973)
+    assert row["tumor_rvd"] == -1.0
+    n = 16**3
+    tn_k = n - 1000
+    assert row["kidney_mcc"] == pytest.approx((973 * tn_k) / math.sqrt(1000 * 973 * (tn_k + 27) * tn_k))
+    assert row["tumor_mcc"] == 0.0  # nothing predicted: TP + FP = 0
+    assert row["accuracy"] == pytest.approx((n - 27) / n)
+
+
+def test_cli_evaluate_reports_dlae_metrics(tmp_path, capsys) -> None:
+    from ctdl.cli import main
+    from ctdl.io import Volume, write_volume
+
+    truth = np.zeros((8, 10, 10), np.uint8)
+    truth[2:6, 2:8, 2:8] = 1
+    truth[3:5, 3:5, 3:5] = 2
+    pred = truth.copy()
+    pred[pred == 2] = 1
+    pred[2, 2:8, 2:8] = 0  # 36 kidney voxels missed
+    write_volume(Volume(truth), tmp_path / "truth" / "case_00001.nii.gz")
+    write_volume(Volume(pred), tmp_path / "pred" / "case_00001.nii.gz")
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "truth"), "-o", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    for key in ("kidney_jaccard", "kidney_dice", "kidney_rvd", "kidney_precision", "kidney_sensitivity", "kidney_mcc",
+                "kidney_hd95_mm", "kidney_assd_mm", "tumor_mcc", "accuracy"):
+        assert f"{key}: mean" in out, key
+    with open(tmp_path / "ev" / "metrics.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    # kidney: truth 144 - 8 = 136 voxels, pred 144 - 36 = 108 (tumour 8 predicted as kidney) -> tp 100
+    assert float(row["kidney_rvd"]) == pytest.approx((108 - 136) / 136)
+    assert float(row["accuracy"]) == pytest.approx((800 - 36 - 8) / 800)
+
+
+def test_weighted_jaccard_labels_equals_one_hot_form() -> None:
+    from ctdl.metrics.segmentation import weighted_jaccard, weighted_jaccard_labels
+
+    rng = np.random.default_rng(3)
+    p, y = rng.integers(0, 3, (4, 9, 7)), rng.integers(0, 3, (4, 9, 7))
+    w = [0.4, 1.5, 7.0]
+    eye = np.eye(3)
+    assert np.isclose(weighted_jaccard_labels(p, y, w), weighted_jaccard(eye[p], eye[y], w, class_axis=-1), atol=1e-12)
+    # hand case: 1-D, classes 0/1, weights 1/2: tp = [1, 1], n_pred = [2, 2], n_true = [2, 2]
+    # JC_w = (1*1 + 2*1) / (1*(2+2-1) + 2*(2+2-1)) = 3 / 9
+    assert np.isclose(weighted_jaccard_labels([0, 0, 1, 1], [0, 1, 0, 1], [1, 2], s=0), 1 / 3)

@@ -161,3 +161,56 @@ def test_validation_reports_jaccard_and_weighted_jaccard() -> None:
     out = validation_fn(cfg, [case], "cpu", weights=[0.2, 1.0, 2.0])(Oracle())
     assert out["dice_kidney"] == pytest.approx(1.0) and out["jaccard_tumor"] == pytest.approx(1.0)
     assert out["weighted_jaccard"] == pytest.approx(1.0)
+
+
+def test_training_crops_per_kidney_and_background_slices_removed() -> None:
+    from ctdl.config.schema import PreprocessingConfig
+    from ctdl.data.pipeline import SegPreprocessor
+    from ctdl.io import Volume
+    from ctdl.tasks.segmentation import _finish_train
+
+    lab = np.zeros((12, 40, 60), np.uint8)
+    lab[2:5, 5:15, 5:15] = 1
+    lab[6:10, 20:32, 40:52] = 1
+    lab[7:9, 24:27, 44:47] = 2
+    img = Volume(lab.astype(np.float32) * 100, np.eye(4))
+    cfg = PreprocessingConfig(reorient=False, hu_window=None, normalization="none", remove_background_slices=True,
+                              roi={"enabled": True, "per_kidney": True, "size_hw": (20, 20), "margin": (2, 0, 0)})
+    cases = _finish_train(SegPreprocessor(cfg), "c", img, Volume(lab, np.eye(4)), None)
+    # two crops of 20 x 20 in-plane; the 2-slice margins are background slices and are dropped again
+    assert [c.image.shape for c in cases] == [(1, 4, 20, 20), (1, 3, 20, 20)]
+    assert all(c.label.reshape(c.label.shape[0], -1).any(axis=1).all() for c in cases)
+    assert sum(int((c.label == 2).sum()) for c in cases) == int((lab == 2).sum())
+
+
+def test_per_kidney_roi_end_to_end(shared_data: Path, tmp_path: Path) -> None:
+    """Trained with one 32 x 32 crop per kidney; prediction finds one box per kidney and writes the input grid."""
+    from ctdl.tasks.segmentation import Predictor
+
+    cfg = _write_cfg(tmp_path, "perkidney", shared_data, **{
+        "preprocessing.roi": {"enabled": True, "per_kidney": True, "size_hw": [32, 32], "margin": [2, 0, 0]},
+        "training.epochs": 1, "inference.two_stage": True, "inference.coarse_epochs": 2,
+        "inference.coarse_steps_per_epoch": 4, "inference.coarse_patch_size": [8, 32, 32],
+        "inference.roi_size": [16, 32, 32], "postprocess.largest_component.keep": 1})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    run = tmp_path / "runs" / "perkidney"
+    pred = Predictor.from_checkpoint(run / "last.pt")
+    case = list(yaml.safe_load((run / "test_cases.json").read_text()).values())[0]
+    from ctdl.io import read_volume
+
+    image = read_volume(case["image"])
+    out = pred.predict_volume(image)
+    assert out.shape == image.shape and np.allclose(out.affine, image.affine)
+    assert 1 <= len(pred.last_rois) <= 2
+    for box in pred.last_rois:  # 32 voxels at 2 mm = 64 mm in-plane, in this image's own voxels
+        for ax in (1, 2):
+            want = 32 * 2.0 / image.spacing[ax]
+            assert abs((box[ax].stop - box[ax].start) - want) <= 2 or box[ax].stop - box[ax].start == image.shape[ax]
+
+
+def test_tta_uses_only_training_flip_axes() -> None:
+    from ctdl.tasks.segmentation import tta_flip_axes
+
+    assert tta_flip_axes([2]) == ((3,),)
+    assert tta_flip_axes([1, 2]) == ((2,), (3,), (2, 3))
+    assert tta_flip_axes([]) == ()

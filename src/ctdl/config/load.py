@@ -100,16 +100,25 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Experiment
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path, overrides: Iterable[str] | None = None) -> ExperimentConfig:
-    """Load and validate a ctdl YAML/JSON config (a DLAE JSON config is detected and imported)."""
+def load_config(path: str | Path, overrides: Iterable[str] | None = None, scale: str | None = None) -> ExperimentConfig:
+    """Load and validate a ctdl YAML/JSON config (a DLAE JSON config is detected and imported).
+
+    ``scale`` applies the config's ``scales.<scale>`` override set (``full``: none) before ``overrides``,
+    so a key given on the command line always wins over the scale's value.
+    """
     path = Path(path)
     data = read_mapping(path)
-    if "config_file" in data and "layers" in data:  # DLAE's own layout
-        try:
-            from ctdl.config.dlae import dlae_to_dict  # type: ignore[attr-defined]
-        except ImportError as exc:  # pragma: no cover - until the DLAE importer lands
-            raise ConfigError(f"{path}: looks like a DLAE config; the DLAE importer is not available") from exc
+    from ctdl.config.dlae import is_dlae_config
+
+    if is_dlae_config(data):  # DLAE's own layout: DLAE key paths in --set apply before conversion
+        from ctdl.config.dlae import apply_dlae_overrides, dlae_to_dict
+
+        data, overrides = apply_dlae_overrides(data, overrides, source=str(path))
         data = dlae_to_dict(data, source=str(path))
+    if scale:
+        from ctdl.config.scale import scale_overrides
+
+        data = apply_overrides(data, scale_overrides(data.get("scales"), scale, path))
     data = apply_overrides(data, overrides)
     return config_from_dict(data, str(path))
 

@@ -59,7 +59,8 @@ class SplitConfig(Section):
 class DataConfig(Section):
     """Where the cases are and how they are laid out (DLAE: `paths`)."""
 
-    format: Literal["kits19", "folder", "manifest", "hdf5", "synthetic_kits"] = Field(
+    format: Literal["kits19", "folder", "manifest", "hdf5", "synthetic_kits", "class_folders", "video", "synthetic_tb",
+                    "synthetic_video"] = Field(
         "kits19", description="dataset layout: kits19 (case_XXXXX/imaging+segmentation), folder (images/labels pair), manifest (CSV path,label[,split]), hdf5 (DLAE), synthetic_kits (phantoms rendered from KiTS19 masks)"
     )
     root: Optional[Path] = Field(None, description="dataset root folder (kits19, folder, synthetic_kits)")
@@ -123,6 +124,13 @@ class PreprocessingConfig(Section):
     zoom_order: int = Field(3, ge=0, le=5, description="spline order of zoom_shape")
     remove_background_slices: bool = Field(False, description="training: drop slices without any foreground label (thesis)")
     repeat_channels: int = Field(1, ge=1, description="repeat the image along the channel axis (DLAE repeat_X)")
+    center: Literal["none", "samplewise", "featurewise"] = Field(
+        "none", description="subtract the mean before normalization: samplewise = one scalar over the sample, featurewise = per channel of the sample (DLAE centering switches; applied by the data.format hdf5 reader)"
+    )
+    std_normalize: Literal["none", "samplewise", "featurewise"] = Field(
+        "none", description="divide by std + 1e-6 before normalization: samplewise = one scalar, featurewise = per channel (DLAE normalization switches; applied by the data.format hdf5 reader)"
+    )
+    zca_epsilon: Optional[float] = Field(None, gt=0, description="ZCA-whiten each 2D sample (rows x cols*channels) with this epsilon (DLAE zca_epsilon; applied by the data.format hdf5 reader); None = off")
 
     @field_validator("normalization")
     @classmethod
@@ -176,6 +184,12 @@ class AugmentationConfig(Section):
     fill_mode: Literal["nearest", "constant", "reflect", "wrap"] = Field("nearest", description="edge filling for affine transforms")
     cval: float = Field(0.0, description="fill value for fill_mode=constant")
     rounds: int = Field(1, ge=1, description="amplification of the training set per epoch (DLAE rounds)")
+    height_shift: float = Field(0.0, ge=0, description="dlae affine: max row shift, a fraction of the rows if < 1, else pixels (DLAE height_shift)")
+    width_shift: float = Field(0.0, ge=0, description="dlae affine: max column shift, a fraction of the columns if < 1, else pixels (DLAE width_shift)")
+    affine: Literal["monai", "dlae"] = Field(
+        "monai", description="monai: RandAffine with prob; dlae: DLAE's affine (one draw per sample: rotation/shear in degrees, zoom per axis, "
+        "height/width_shift, flips p=0.5 from flip_axes), identical on image and label, slice by slice in 3D (ctdl.data.dlae_transforms)"
+    )
 
 
 class LossConfig(Section):
@@ -293,7 +307,7 @@ class InferenceConfig(Section):
     roi_size: Optional[IntTriple] = Field(None, description="sliding_window: window (D, H, W); None = sampling.patch_size")
     overlap: float = Field(0.25, ge=0, lt=1, description="sliding_window: overlap fraction")
     blend: Literal["gaussian", "constant"] = Field("gaussian")
-    tta_flips: bool = Field(False, description="average predictions over flips")
+    tta_flips: bool = Field(False, description="average predictions over flips along the training flip axes (augmentation.flip_axes)")
     batch_size: int = Field(1, ge=1)
     two_stage: bool = Field(False, description="coarse pass finds the kidneys, the model runs only on their crops")
     coarse_spacing: Triple = Field((6.0, 3.0, 3.0), description="two_stage: spacing (D, H, W) mm of the coarse localiser")
@@ -319,15 +333,124 @@ class ModelConfig(Section):
 
 
 class ClassificationConfig(Section):
-    """Whole-volume classification / regression settings (ViPTT-Net seed)."""
+    """Whole-volume classification / regression settings (ViPTT-Net seed).
+
+    Data formats (``data.format``): manifest (CSV path,label[,split]), class_folders (``root/<class>/<volume>``),
+    video (``root/<class>/<clip>.avi|.mp4`` or ``root/<class>/<clip>/<frame>.png``), synthetic_tb (TB chest
+    phantoms), synthetic_video (moving shapes, 10 classes). Every sample is windowed, then spline-zoomed to
+    ``preprocessing.zoom_shape`` (paper 70 x 224 x 224, order ``preprocessing.zoom_order``) and normalized.
+    """
+
+    label_base: int = Field(0, description="integer labels in a manifest start at this value (ImageCLEF: 1)")
+    finetune_from: Optional[Path] = Field(None, description="checkpoint (.pt or run folder) whose weights start this run (video pretraining -> CT)")
+    replace_head: bool = Field(True, description="finetune_from: drop the checkpoint's classifier head (model attribute 'head') and start a new one")
+    freeze: list[str] = Field(default_factory=list, description="parameter name prefixes kept frozen (e.g. [features] = the VGG16 part)")
+    synth_per_class: int = Field(20, ge=1, description="synthetic_tb / synthetic_video: samples per class")
+    synth_shape: IntTriple = Field((40, 96, 96), description="synthetic_tb / synthetic_video: size (D, H, W) before the zoom; TB depth varies +-25 %")
+    synth_noise_hu: float = Field(40.0, ge=0, description="synthetic_tb: Gaussian noise (HU)")
+    video_frames: Optional[int] = Field(None, ge=1, description="video: frames read per clip before the zoom (None = all)")
+    eval_split: Literal["auto", "val", "test"] = Field("auto", description="split scored at the end (auto: test, or val when test is empty, as the paper's Table 1)")
+    report: bool = Field(True, description="write report.html (confusion matrix PNG, Table-1-style F1 table)")
+
+
+class GanNetConfig(Section):
+    """One GAN network: a registered model (``ctdl models``) or a DLAE layer list."""
+
+    name: str = Field("unet_generator2d", description="registered generator/discriminator name (task 'gan')")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
+    layers: Optional[list[str]] = Field(None, description="DLAE layer list (generator_layer_list / discriminator_layer_list) instead of name")
+
+
+def _gan_optimizer() -> OptimizerConfig:
+    return OptimizerConfig(name="adam", lr=2e-4, betas=(0.5, 0.999))
 
 
 class GanConfig(Section):
-    """Image-to-image translation settings (pix2pix, CycleGAN)."""
+    """Image-to-image translation settings (pix2pix, CycleGAN).
+
+    Data: ``sampling.mode`` slices2d (2D nets on axial slices) or patch3d (3D nets on patches of
+    ``sampling.patch_size``); ``preprocessing.hu_window`` is the HU range mapped linearly to [-1, 1]
+    for both source and target (the generators end in tanh). Sources: ``data.format`` folder
+    (``data.images_dir`` = source, ``data.labels_dir`` = target, matched by file name), manifest (CSV
+    ``source,target[,split]``), hdf5 (DLAE ``train_x``/``train_y`` = source/target) or synthetic_kits
+    with ``gan.phantom`` (demo pairs rendered from KiTS19 masks).
+    """
+
+    mode: Literal["pix2pix", "cyclegan"] = Field("pix2pix", description="pix2pix: paired conditional GAN + L1; cyclegan: unpaired, two generators and two discriminators")
+    generator: GanNetConfig = Field(default_factory=GanNetConfig, description="generator (CycleGAN builds two from it: G source->target, F target->source)")
+    discriminator: GanNetConfig = Field(
+        default_factory=lambda: GanNetConfig(name="patchgan2d"),
+        description="discriminator (pix2pix: sees source and target concatenated; CycleGAN: one per domain, unconditioned)",
+    )
+    adversarial_loss: Literal["lsgan", "bce"] = Field(
+        "lsgan",
+        description="lsgan (default): least squares, what DLAE actually trains with (MSE against 1/0 patch maps), so imported DLAE "
+        "configs behave as before, and it does not saturate, which is why CycleGAN uses it too; bce: the original log loss "
+        "(sigmoid cross-entropy, non-saturating generator form) the DLAE manual writes",
+    )
+    lambda_l1: float = Field(100.0, ge=0, description="pix2pix: weight of the L1 term (DLAE loss parameter 1; pix2pix paper 100)")
+    lambda_cycle: float = Field(10.0, ge=0, description="cyclegan: weight of each cycle-consistency L1 term (DLAE parameter 1)")
+    lambda_identity: float = Field(
+        5.0, ge=0, description="cyclegan: absolute weight of each identity L1 term (DLAE parameter 2; CycleGAN paper 0.5 x lambda_cycle)"
+    )
+    g_optimizer: OptimizerConfig = Field(default_factory=_gan_optimizer, description="generator(s) optimizer (DLAE gan_optimizer; the name is used)")
+    d_optimizer: OptimizerConfig = Field(default_factory=_gan_optimizer, description="discriminator(s) optimizer (DLAE discriminator_optimizer)")
+    pool_size: int = Field(50, ge=0, description="cyclegan: history pool of generated images shown to D (0 = off)")
+    preview_every: int = Field(1, ge=1, description="write preview_epoch_NNN.png every N epochs (source | generated | target)")
+    phantom: Literal["denoise", "contrast"] = Field(
+        "denoise",
+        description="synthetic_kits demo pairs: denoise (source = clean phantom + low-dose-like noise and blur, target = clean); "
+        "contrast (source = arterial-phase phantoms, target = non-contrast phantoms of other cases: unpaired)",
+    )
+    phantom_noise_hu: float = Field(60.0, ge=0, description="denoise: std (HU) of the added low-dose-like noise")
+    phantom_noise_corr: float = Field(0.6, ge=0, description="denoise: Gaussian correlation length (voxels, in-plane) of that noise")
+    phantom_blur: float = Field(0.0, ge=0, description="denoise: extra in-plane Gaussian blur (voxels) of the source")
+    baseline_sigmas: list[float] = Field([0.5, 0.75, 1.0, 1.5, 2.0], description="evaluation: in-plane Gaussian-filter baseline sigmas (voxels); the best on the test cases is reported")
 
 
 class DetectionConfig(Section):
-    """Box detection settings (SSD)."""
+    """Box detection settings (SSD); names follow DLAE's `bbd_options` (see ctdl.detection.anchors)."""
+
+    backbone: str = Field("ssd", description="registered detector (task detection, e.g. ssd, ssd_small) or feature extractor (task ssd_features, e.g. resnet50_ssd) wrapped by the generic SSD head")
+    input_size: tuple[int, int] = Field((128, 128), description="slices are resized to (rows, cols) before detection; anchors use min(rows, cols)")
+    slice_axis: int = Field(0, ge=0, le=2, description="volumes are cut into 2D slices along this axis (0 = axial)")
+    nested_classes: bool = Field(True, description="label-map boxes: class k's box covers labels >= k (KiTS: the kidney box includes its tumour)")
+    min_box_size: int = Field(3, ge=1, description="label-map boxes: drop components whose box is narrower than this (pixels, after resizing)")
+    empty_slice_fraction: float = Field(0.0, ge=0, le=1, description="training: fraction of slices without boxes kept (as pure negatives)")
+    scaling_type: Literal["global", "per_layer"] = Field("global", description="global: scales = [min, max] spread linearly over n_layers + 1 values; per_layer: n_layers + 1 values")
+    scales: list[float] = Field([0.1, 0.9], description="anchor sizes as fractions of min(rows, cols)")
+    aspect_ratios_type: Literal["global", "per_layer"] = Field("global", description="global: one list for every layer; per_layer: a list per layer")
+    aspect_ratios: Union[list[float], list[list[float]]] = Field([1.0, 2.0, 0.5], description="anchor width/height ratios")
+    two_boxes_for_ar1: bool = Field(True, description="an extra ratio-1 anchor of size sqrt(s_k * s_k+1) (DLAE two_boxes_for_AR1_switch)")
+    steps: Optional[list[Union[float, tuple[float, float]]]] = Field(None, description="anchor centre spacing per layer in pixels, scalar or (rows, cols); None = input size / feature size")
+    offsets: Optional[list[Union[float, tuple[float, float]]]] = Field(None, description="first anchor centre per layer in units of the step; None = 0.5")
+    clip_boxes: bool = Field(False, description="clip anchors to the image (DLAE clip_boxes_switch)")
+    normalize_coords: bool = Field(True, description="anchors and boxes in [0, 1] image units (DLAE normalize_coordinates_switch)")
+    variances: tuple[float, float, float, float] = Field((0.1, 0.1, 0.2, 0.2), description="box encoding divisors (cx, cy, w, h)")
+    pos_iou_threshold: float = Field(0.5, gt=0, le=1, description="matching: anchors with IoU >= this to a box are positives")
+    neg_iou_limit: float = Field(0.3, ge=0, le=1, description="matching: unmatched anchors with IoU >= this are neutral (not negatives)")
+    neg_pos_ratio: float = Field(3.0, ge=0, description="loss: hard negatives kept per positive (DLAE loss parameter1)")
+    n_neg_min: int = Field(0, ge=0, description="loss: negatives kept at least per batch (ssd_keras n_neg_min)")
+    alpha: float = Field(1.0, ge=0, description="loss: weight of the localisation term (DLAE loss parameter2)")
+    confidence_threshold: float = Field(0.01, ge=0, le=1, description="decoding: minimum class score")
+    iou_threshold: float = Field(0.45, gt=0, le=1, description="decoding: NMS drops boxes with IoU above this")
+    top_k: int = Field(200, ge=0, description="decoding: boxes kept per image after NMS (0 = all)")
+    max_outputs: int = Field(400, ge=1, description="decoding: boxes kept per class by NMS (DLAE nms_maximum_output, unused there)")
+    eval_iou: float = Field(0.5, gt=0, le=1, description="evaluation: IoU for a detection to count as a hit")
+    froc_fps: list[float] = Field([0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0], description="evaluation: false positives per image for the FROC points")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "DetectionConfig":
+        nested = [isinstance(a, list) for a in self.aspect_ratios]
+        if self.aspect_ratios_type == "per_layer" and not all(nested):
+            raise ValueError("detection.aspect_ratios: per_layer needs one list of ratios per layer")
+        if self.aspect_ratios_type == "global" and any(nested):
+            raise ValueError("detection.aspect_ratios: global needs one flat list of ratios (or set aspect_ratios_type: per_layer)")
+        if self.scaling_type == "global" and len(self.scales) != 2:
+            raise ValueError(f"detection.scales: global scaling needs [min, max], got {len(self.scales)} values")
+        if self.neg_iou_limit > self.pos_iou_threshold:
+            raise ValueError("detection.neg_iou_limit must not exceed pos_iou_threshold")
+        return self
 
 
 class ExperimentConfig(Section):
@@ -357,6 +480,16 @@ class ExperimentConfig(Section):
     scales: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named override sets, e.g. {demo: {training.epochs: 2}}, applied by --scale NAME"
     )
+
+    @model_validator(mode="after")
+    def _dlae_sample_steps_need_hdf5(self) -> "ExperimentConfig":
+        pre = self.preprocessing
+        used = [k for k, on in (("center", pre.center != "none"), ("std_normalize", pre.std_normalize != "none"),
+                                ("zca_epsilon", pre.zca_epsilon is not None)) if on]
+        if used and self.data.format != "hdf5":
+            raise ValueError(f"preprocessing.{used[0]} is a DLAE sample step applied to HDF5 data only "
+                             f"(data.format: hdf5); got data.format '{self.data.format}'")
+        return self
 
     @property
     def n_classes(self) -> int:

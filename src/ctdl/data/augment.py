@@ -65,6 +65,10 @@ def build_augmentation(cfg: AugmentationConfig, dims: int = 3, keys: tuple[str, 
     """MONAI Compose for image+label dicts of (C, D, H, W) (dims=3) or (C, H, W) (dims=2) arrays."""
     if not cfg.enabled:
         return None
+    if getattr(cfg, "affine", "monai") == "dlae":  # DLAE's own affine semantics (ctdl.data.dlae_transforms)
+        from ctdl.data.dlae_transforms import build_dlae_augmentation
+
+        return build_dlae_augmentation(cfg, dims, keys)  # type: ignore[return-value]
     img_key, lab_key = keys
     modes = ("bilinear", "nearest")
     transforms: list[Any] = []

@@ -157,6 +157,19 @@ class SegPreprocessor:
             return None
         return pp.foreground_bbox(label, margin=self.cfg.roi.margin)
 
+    def roi_boxes(self, label: np.ndarray) -> list[tuple[slice, slice, slice]]:
+        """Training crops from the label: one per kidney (``roi.per_kidney``) or one around all foreground."""
+        roi = self.cfg.roi
+        if not roi.enabled or not label.any():
+            return []
+        if roi.per_kidney:
+            return pp.component_boxes(label, roi.margin, roi.size_hw)
+        box = pp.foreground_bbox(label, margin=roi.margin)
+        if roi.size_hw is not None:
+            box = (box[0],) + tuple(pp.fixed_window((s.start + s.stop) / 2.0, int(n), label.shape[ax])
+                                    for ax, s, n in zip((1, 2), box[1:], roi.size_hw))  # type: ignore[assignment]
+        return [box]
+
     # -- whole chain ---------------------------------------------------------------------
     def prepare(self, case_id: str, image: Volume, label: Volume | None, geometry_cache: "GeometryCache | None" = None,
                 use_label_roi: bool = True) -> tuple[PreparedCase, GeometryContext]:
@@ -169,14 +182,29 @@ class SegPreprocessor:
     def finish(self, case_id: str, img_s: Volume, lab_s: Volume | None, ctx: GeometryContext,
                use_label_roi: bool = True) -> PreparedCase:
         """ROI crop and intensity stage of :meth:`prepare`, from geometry-stage outputs (sets ``ctx.bbox``)."""
-        arr = img_s.array
         lab = lab_s.array.astype(np.uint8) if lab_s is not None else None
         if use_label_roi and lab is not None:
-            ctx.bbox = self.roi_bbox(lab)
-        if ctx.bbox is not None:
-            arr = arr[ctx.bbox]
-            lab = lab[ctx.bbox] if lab is not None else None
-        return PreparedCase(case_id, self.intensity(arr), lab, tuple(img_s.spacing))  # type: ignore[arg-type]
+            boxes = self.roi_boxes(lab)
+            ctx.bbox = boxes[0] if len(boxes) == 1 else (self.roi_bbox(lab) if boxes else None)
+        return self._crop_case(case_id, img_s, lab, ctx.bbox)
+
+    def finish_all(self, case_id: str, img_s: Volume, lab_s: Volume | None) -> list[PreparedCase]:
+        """Training/validation cases of one volume: one per ROI box (``roi.per_kidney``: one per kidney)."""
+        lab = lab_s.array.astype(np.uint8) if lab_s is not None else None
+        boxes = self.roi_boxes(lab) if lab is not None else []
+        if len(boxes) <= 1:
+            return [self._crop_case(case_id, img_s, lab, boxes[0] if boxes else None)]
+        return [self._crop_case(f"{case_id}#roi{i}", img_s, lab, box) for i, box in enumerate(boxes)]
+
+    def _crop_case(self, case_id: str, img_s: Volume, lab: np.ndarray | None,
+                   box: tuple[slice, slice, slice] | None) -> PreparedCase:
+        arr = img_s.array
+        # sample-wise normalizations see the whole image's range, as at inference (a crop's own range differs)
+        rng = self.sample_range(arr) if box is not None else None
+        if box is not None:
+            arr = arr[box]
+            lab = lab[box] if lab is not None else None
+        return PreparedCase(case_id, self.intensity(arr, sample_range=rng), lab, tuple(img_s.spacing))  # type: ignore[arg-type]
 
     def restore(self, labels: np.ndarray, ctx: GeometryContext) -> Volume:
         """Map a label map predicted in prepared space back onto the original image grid exactly."""

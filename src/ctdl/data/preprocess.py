@@ -623,8 +623,9 @@ def zoom_to_shape(
 ) -> ArrayOrVolume:
     """Spline-zoom to exactly ``shape`` with scipy.ndimage.zoom (ViPTT-Net: order 3 on all axes).
 
-    ``align_corners=True`` is scipy's default sampling (first and last voxel centres kept, mode
-    'constant' as in ``scipy.ndimage.zoom(a, f, order=3)``); ``False`` aligns voxel edges (same extent
+    ``align_corners=True`` is scipy's default sampling (first and last voxel centres kept); the spline is
+    extended with mode 'nearest', not scipy's default 'constant', which pulls the border voxels of a cubic
+    zoom toward 0 (a CT's first and last slices would drift toward 0 HU); ``False`` aligns voxel edges (same extent
     n*spacing and centre). A Volume's affine follows whichever sampling is used. Labels: nearest, dtype kept.
     """
     arr = _arr(x, "x")
@@ -636,7 +637,7 @@ def zoom_to_shape(
     work = src.view(np.uint8) if is_bool else src
     factors = tuple(n / o for n, o in zip(new, arr.shape))
     if align_corners:
-        out = ndi.zoom(work, factors, order=order)
+        out = ndi.zoom(work, factors, order=order, mode="nearest")
     else:
         out = ndi.zoom(work, factors, order=order, mode="nearest", grid_mode=True)
     if out.shape != new:  # pragma: no cover - scipy rounds n*(new/n) to new
@@ -762,6 +763,47 @@ def foreground_bbox(
     return tuple(  # type: ignore[return-value]
         slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, marg, arr.shape)
     )
+
+
+def fixed_window(center: float, size: int, n: int) -> slice:
+    """A window of ``size`` voxels centred on ``center`` and shifted to lie inside ``[0, n)`` (all of it if n <= size)."""
+    if size >= n:
+        return slice(0, n)
+    start = int(round(center - size / 2.0))
+    start = min(max(start, 0), n - size)
+    return slice(start, start + size)
+
+
+def component_boxes(mask: np.ndarray, margin: int | Sequence[int] = 0, size_hw: Sequence[int] | None = None,
+                    max_components: int = 2, min_fraction: float = 0.1) -> list[BBox]:
+    """One box per connected foreground component (largest first; e.g. one per kidney).
+
+    Along the slice axis each box spans its component plus ``margin``; in-plane it is the component's box
+    plus margin, or (``size_hw``) a fixed rows x cols window centred on the component and moved inside the
+    volume (FCN-PPM: 150 x 150 around each kidney). Components smaller than ``min_fraction`` of the largest
+    are noise and get no box. Written here: MONAI's crop transforms take one foreground, not one per component.
+    """
+    arr = np.asarray(mask)
+    _check_3d(arr, "mask")
+    marg = _triple(margin, "margin", integer=True)
+    comps, n = ndi.label(arr != 0, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return []
+    sizes = np.bincount(comps.ravel())[1:]
+    order = [int(i) for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_fraction * sizes.max()]
+    objects = ndi.find_objects(comps)
+    boxes: list[BBox] = []
+    for i in order[:max_components]:
+        box = objects[i]
+        out = [slice(max(0, box[0].start - marg[0]), min(arr.shape[0], box[0].stop + marg[0]))]
+        for ax in (1, 2):
+            s = box[ax]
+            if size_hw is not None:
+                out.append(fixed_window((s.start + s.stop) / 2.0, int(size_hw[ax - 1]), arr.shape[ax]))
+            else:
+                out.append(slice(max(0, s.start - marg[ax]), min(arr.shape[ax], s.stop + marg[ax])))
+        boxes.append(tuple(out))  # type: ignore[arg-type]
+    return boxes
 
 
 def crop(x: ArrayOrVolume, bbox: BBox) -> ArrayOrVolume:

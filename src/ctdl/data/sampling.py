@@ -88,9 +88,9 @@ class Sampler:
         for ci, case in enumerate(self.cases):
             lab = case.label
             if cfg.mode == "slices2d":
-                fg = np.flatnonzero(lab.reshape(lab.shape[0], -1).any(axis=1)) if lab is not None else np.arange(case.image.shape[1])
-                base = [(ci, int(s)) for s in fg]
-                tum = [(ci, int(s)) for s in fg if lab is not None and (lab[s] == cfg.tumor_label).any()]
+                # every slice (preprocessing.remove_background_slices drops label-free ones beforehand)
+                base = [(ci, int(s)) for s in range(case.image.shape[1])]
+                tum = [(ci, s) for _, s in base if lab is not None and (lab[s] == cfg.tumor_label).any()]
             elif cfg.mode == "blocks3d":
                 starts = block_starts(case.image.shape[1], cfg.block_slices, cfg.block_overlap)
                 base = [(ci, s) for s in starts]

@@ -553,6 +553,9 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
             outputs = self.model(inputs)
             loss = self.loss_fn(outputs, targets)
+            penalty = getattr(self.model, "regularization_penalty", None)
+            if callable(penalty):  # models with weight/activity regularisers (DLAE layer lists) add theirs
+                loss = loss + penalty()
         value = float(loss.detach().float().item())
         if not math.isfinite(value):
             raise FloatingPointError(f"non-finite training loss {value} at epoch {epoch}, batch {self.batches_done}")

@@ -118,7 +118,19 @@ def hdf5_info(path: str | Path) -> dict[str, Any]:
         names = _sample_names(f, path)
         shapes = Counter(tuple(int(s) for s in f[n].shape) for n in names)
         dtypes = Counter(str(f[n].dtype) for n in names)
+        lo = hi = None
+        values: set[float] = set()
+        for n in names[:2000]:  # value range over (at most) the first 2000 samples
+            a = f[n][()]
+            if a.size:
+                lo = float(a.min()) if lo is None else min(lo, float(a.min()))
+                hi = float(a.max()) if hi is None else max(hi, float(a.max()))
+                if a.dtype.kind in "biu" and len(values) <= 64:
+                    values.update(np.unique(a).tolist())
     return {
+        "content": guess_annotation_kind(list(shapes), list(dtypes)),
+        "value_range": [lo, hi],
+        "integer_values": sorted(values) if values and len(values) <= 64 else None,
         "path": str(path),
         "n_samples": len(names),
         "shapes": sorted(shapes),
@@ -193,7 +205,199 @@ def dlae_sample_channels_first(arr: np.ndarray, context: str) -> np.ndarray:
     return np.transpose(arr, (3, 2, 0, 1))
 
 
+# -- layouts per model type (reference section 2) ----------------------------------------------
+MODEL_TYPES = ("cnn_classification", "cnn_regression", "fcn", "gan", "bbd")
+
+
+def _spatial(arr: np.ndarray, ctx: str) -> tuple[int, ...]:
+    _channel_count(arr, ctx)
+    return tuple(int(s) for s in arr.shape[: 2 if ctx == "2D" else 3])
+
+
+def check_dlae_sample(x: np.ndarray, y: np.ndarray, model: str, context: str = "2D", n_classes: int | None = None,
+                      where: str = "sample") -> None:
+    """Check one (image, annotation) pair against DLAE's layout for ``model`` (one of MODEL_TYPES).
+
+    CNN classification: y is one integer class (shape () or (1,)), in 0..n_classes-1; regression: y
+    is a vector (n,) of numbers; FCN: y has X's rows, cols (, slices), optionally a trailing 1 or a
+    one-hot axis of n_classes; GAN: y has X's spatial size and any channel count; BBD (2D only): y
+    is (n_boxes, 5) or (5,) rows (class_id, xmin, ymin, xmax, ymax) in pixels with class_id >= 1
+    (0 is background; the manual's "start at 0" is wrong) and xmin < xmax, ymin < ymax.
+    """
+    ctx = _context(context)
+    x, y = np.asarray(x), np.asarray(y)
+    if model not in MODEL_TYPES:
+        raise InputError(f"{where}: unknown DLAE model type {model!r}; expected one of {', '.join(MODEL_TYPES)}")
+    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+        raise InputError(f"{where}: image and annotation must be numeric, got {x.dtype} and {y.dtype}")
+    sp = _spatial(x, ctx)
+    if model == "cnn_classification":
+        if y.size != 1 or y.ndim > 1:
+            raise InputError(f"{where}: a CNN class label is one integer (shape (1,)), got shape {y.shape}")
+        v = float(y.reshape(-1)[0])
+        if v != int(v) or v < 0 or (n_classes is not None and v >= n_classes):
+            rng = f"0..{n_classes - 1}" if n_classes else ">= 0"
+            raise InputError(f"{where}: class label {v:g} is not an integer in {rng}")
+    elif model == "cnn_regression":
+        if y.ndim != 1 or y.size < 1:
+            raise InputError(f"{where}: a CNN regression target is a vector (n,), got shape {y.shape}")
+    elif model in ("fcn", "gan"):
+        ysp = tuple(int(s) for s in y.shape[: len(sp)])
+        extra = y.shape[len(sp):]
+        if ysp != sp or len(extra) > 1:
+            raise InputError(f"{where}: annotation shape {y.shape} must have the image's spatial size {sp} "
+                             f"(+ an optional channel axis), image shape {x.shape}")
+        if model == "fcn" and extra and extra[0] != 1 and (n_classes is None or extra[0] != n_classes):
+            raise InputError(f"{where}: an FCN label map has a trailing axis of 1 (or n_classes one-hot), got {y.shape}")
+    else:
+        if ctx != "2D":
+            raise InputError(f"{where}: bounding-box detection data is 2D only")
+        boxes = y.reshape(1, 5) if y.shape == (5,) else y
+        if boxes.ndim != 2 or boxes.shape[1] != 5:
+            raise InputError(f"{where}: boxes must be (n_boxes, 5) rows (class_id, xmin, ymin, xmax, ymax), got {y.shape}")
+        if boxes.size:
+            cls = boxes[:, 0]
+            if np.any(cls < 1) or np.any(cls != np.round(cls)) or (n_classes is not None and np.any(cls > n_classes)):
+                top = f"1..{n_classes}" if n_classes else ">= 1"
+                raise InputError(f"{where}: box class ids must be integers {top} (0 is background), got {cls.tolist()}")
+            bad = (boxes[:, 1] >= boxes[:, 3]) | (boxes[:, 2] >= boxes[:, 4])
+            if bad.any():
+                raise InputError(f"{where}: degenerate boxes (need xmin < xmax, ymin < ymax): {boxes[bad].tolist()[:5]}")
+            h, w = sp
+            if np.any(boxes[:, 1:] < 0) or np.any(boxes[:, [1, 3]] > w) or np.any(boxes[:, [2, 4]] > h):
+                raise InputError(f"{where}: box coordinates outside the {h} x {w} image (absolute pixels, x = column)")
+
+
+def read_dlae_pairs(x_path: str | Path, y_path: str | Path, model: str, context: str = "2D",
+                    n_classes: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """All (image, annotation) pairs of a DLAE file pair, checked for ``model``'s layout, in sample order."""
+    check_dlae_pair(x_path, y_path)
+    xs, ys = read_dlae_hdf5(x_path), read_dlae_hdf5(y_path)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        check_dlae_sample(x, y, model, context, n_classes, where=f"{x_path} / {y_path} sample '{i}'")
+    return list(zip(xs, ys))
+
+
+def write_dlae_pairs(x_path: str | Path, y_path: str | Path, xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+                     model: str, context: str = "2D", n_classes: int | None = None) -> tuple[Path, Path]:
+    """Check every pair against ``model``'s layout, then write both files (datasets '0'..'n-1')."""
+    if len(xs) != len(ys):
+        raise InputError(f"{x_path}: {len(xs)} images but {len(ys)} annotations")
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        check_dlae_sample(x, y, model, context, n_classes, where=f"sample {i}")
+    return write_dlae_hdf5(x_path, xs), write_dlae_hdf5(y_path, ys)
+
+
+def dlae_validation_split(n: int, fraction: float, seed: int, shuffle: bool = True) -> tuple[list[int], list[int]]:
+    """DLAE's validation split of one training file, seeded: (train indices, validation indices).
+
+    The sample order is shuffled with ``seed`` (DLAE's ``random.shuffle`` was not seeded) when
+    ``shuffle``; the first ceil(n * fraction) become validation, the rest (floor(n (1 - fraction))) training.
+    """
+    if not 0 <= fraction < 1:
+        raise InputError(f"validation split must be in [0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    n_val = int(np.ceil(round(n * fraction, 9)))
+    return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
+
+
+def label_map_boxes(label: np.ndarray) -> np.ndarray:
+    """DLAE BBD rows (class_id, xmin, ymin, xmax, ymax) of a 2D label map: one box per connected
+    component of each label value >= 1 (x = column; xmax/ymax one past the last pixel, so a
+    one-pixel object has a non-empty box). (0, 5) when the map is empty."""
+    from scipy import ndimage
+
+    rows = []
+    for k in sorted(int(v) for v in np.unique(label) if v > 0):
+        comps, n = ndimage.label(label == k)
+        for sl in ndimage.find_objects(comps):
+            if sl is not None:
+                rows.append([k, sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
+    return np.asarray(rows, np.float32).reshape(-1, 5)
+
+
+def _annotation(lab: np.ndarray, model: str) -> np.ndarray:
+    if model == "fcn":
+        return lab[..., None]
+    if model == "cnn_classification":  # the highest label present (KiTS: 0 none, 1 kidney, 2 tumour)
+        return np.array([int(lab.max()) if lab.size else 0], np.uint8)
+    return label_map_boxes(lab)
+
+
+def nifti_cases_to_hdf5(src: str | Path, x_path: str | Path, y_path: str | Path, context: str = "2D",
+                        cases: Sequence[str] | None = None, skip_empty: bool = False, dtype: str = "float32",
+                        progress: bool = True, model: str = "fcn") -> dict[str, Any]:
+    """Write NIfTI cases (KiTS19 folder or images/labels folders) as a DLAE pair for ``model``.
+
+    2D: one sample per axial slice, X (rows, cols, 1); 3D: one sample per volume, (rows, cols,
+    slices, 1) (ctdl's (D, H, W) becomes DLAE's (r, c, s)). Annotations: ``fcn`` the label map
+    (uint8, trailing 1); ``cnn_classification`` the highest label value present, shape (1,);
+    ``bbd`` (2D only) one box per connected component of each label (:func:`label_map_boxes`).
+    ``skip_empty`` leaves out samples without any labelled voxel. Samples are streamed into the
+    files (one case in memory at a time); both files appear atomically.
+    """
+    if model not in ("fcn", "cnn_classification", "bbd"):
+        raise InputError(f"to-hdf5 writes fcn, cnn_classification or bbd layouts from label maps, got {model!r}")
+    if model == "bbd" and _context(context) != "2D":
+        raise InputError("bbd samples are 2D only (DLAE has no 3D detector)")
+    from tqdm import tqdm
+
+    from ctdl.data.datasets import folder_cases, is_kits19_root, kits19_cases, limit_cases, load_case
+
+    ctx = _context(context)
+    src = Path(src)
+    found = kits19_cases(src, require_images=True) if is_kits19_root(src) else folder_cases(src)
+    chosen = limit_cases(found, list(cases) if cases else None)
+    if not chosen:
+        raise InputError(f"{src}: no cases selected")
+    n = 0
+    shapes: Counter[tuple[int, ...]] = Counter()
+    with atomic_path(Path(x_path)) as tx, atomic_path(Path(y_path)) as ty:
+        with h5py.File(tx, "w") as fx, h5py.File(ty, "w") as fy:
+            for case in tqdm(chosen, desc="to-hdf5", leave=False, disable=None if progress else True):
+                image, label = load_case(case)
+                if label is None:
+                    raise InputError(f"case {case.case_id}: no label file (an FCN pair needs labels)")
+                img = image.array.astype(dtype)
+                lab = np.rint(label.array).astype(np.uint8)
+                if ctx == "2D":
+                    items = [(img[d][..., None], _annotation(lab[d], model)) for d in range(img.shape[0])
+                             if not skip_empty or lab[d].any()]
+                elif skip_empty and not lab.any():
+                    items = []
+                else:
+                    items = [(np.transpose(img, (1, 2, 0))[..., None], _annotation(np.transpose(lab, (1, 2, 0)), model))]
+                for a, b in items:
+                    fx.create_dataset(str(n), data=a)
+                    fy.create_dataset(str(n), data=b)
+                    shapes[a.shape] += 1
+                    n += 1
+    return {"x": str(x_path), "y": str(y_path), "n_samples": n,
+            "shape": sorted(shapes)[0] if len(shapes) == 1 else sorted(shapes), "cases": [c.case_id for c in chosen]}
+
+
+def guess_annotation_kind(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str]) -> str:
+    """What an HDF5 file's samples look like: images, class labels, regression vectors or boxes."""
+    if not shapes:
+        return "empty"
+    if all(len(s) <= 1 and (not s or s[0] == 1) for s in shapes):
+        return "class labels (CNN classification)"
+    if all(len(s) == 2 and s[1] == 5 for s in shapes) or all(s == (5,) for s in shapes):
+        return "boxes (BBD: class_id, xmin, ymin, xmax, ymax)"
+    if all(len(s) == 1 for s in shapes):
+        return "vectors (CNN regression)"
+    return "images / label maps (2D or 3D, channels last)"
+
+
 __all__ = [
+    "MODEL_TYPES",
+    "check_dlae_sample",
+    "dlae_validation_split",
+    "nifti_cases_to_hdf5",
+    "read_dlae_pairs",
+    "write_dlae_pairs",
+    "guess_annotation_kind",
+    "label_map_boxes",
     "read_dlae_hdf5",
     "write_dlae_hdf5",
     "check_dlae_pair",

@@ -18,6 +18,9 @@ LOSSES: Registry[nn.Module] = Registry("loss")
 def _ensure_registered() -> None:
     """Import the modules that register losses (idempotent)."""
     import ctdl.losses.segmentation  # noqa: F401
+    import ctdl.losses.classification  # noqa: F401
+    import ctdl.losses.detection  # noqa: F401
+    import ctdl.losses.adversarial  # noqa: F401
 
 
 def create_loss(name: str, **kwargs: Any) -> nn.Module:

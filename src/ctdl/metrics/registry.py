@@ -18,6 +18,9 @@ METRICS: Registry[Any] = Registry("metric")
 def _ensure_registered() -> None:
     """Import the modules that register metrics (idempotent)."""
     import ctdl.metrics.segmentation  # noqa: F401
+    import ctdl.metrics.detection  # noqa: F401
+    import ctdl.metrics.classification  # noqa: F401
+    import ctdl.metrics.image  # noqa: F401
 
 
 def get_metric(name: str) -> Callable[..., Any]:

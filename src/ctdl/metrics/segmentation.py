@@ -26,6 +26,15 @@ Empty-mask convention:
   :func:`summarize` skips these cases and counts them in ``n_nan``).
 * Sensitivity / specificity / precision: NaN when the denominator is 0 (as MONAI's
   confusion-matrix metrics), e.g. sensitivity of a case without that class.
+* Relative volume difference ``(|P| - |T|) / |T|``: both empty -> 0.0; truth empty and
+  prediction not -> NaN (medpy raises, DLAE's evaluator wrote inf).
+* MCC: 0.0 when its denominator is 0 (any of TP+FP, TP+FN, TN+FP, TN+FN is 0, e.g. a class
+  absent from both masks), as scikit-learn's ``matthews_corrcoef``.
+
+DLAE's evaluators (``fcn_experiment_evaluator.py``) report per class Jaccard, Dice, RVD,
+precision, recall, MCC, HD95 and ASSD: all are in :func:`evaluate_case` (recall is
+``{name}_sensitivity``), with the convention above instead of DLAE's "0 / 1 / inf" for an
+empty class, plus the voxel ``accuracy`` over all labels.
 * Lesion sensitivity with no true lesions, and case-level sensitivity/specificity without
   positive/negative cases: NaN.
 """
@@ -58,6 +67,8 @@ __all__ = [
     "sensitivity",
     "specificity",
     "precision",
+    "relative_volume_difference",
+    "mcc",
     "surface_mask",
     "surface_distances",
     "assd",
@@ -158,6 +169,24 @@ def jaccard_per_class(pred: Any, truth: Any, labels: Iterable[Label]) -> dict[An
 
 
 @METRICS.register("weighted_jaccard", kind="onehot", higher_is_better=True)
+def weighted_jaccard_labels(pred: Any, truth: Any, weights: Sequence[float], s: float = 1e-6) -> float:
+    """JC_w of two label maps (hard one-hot), from per-class counts: same value as :func:`weighted_jaccard`
+    on their one-hot encodings, without building them (a full CT one-hot would take gigabytes)."""
+    p = _as_array(pred).astype(np.int64).ravel()
+    y = _as_array(truth).astype(np.int64).ravel()
+    if p.shape != y.shape:
+        raise ValueError(f"pred shape {np.shape(pred)} != truth shape {np.shape(truth)}")
+    w = np.asarray(weights, dtype=np.float64)
+    k = w.size
+    if p.size and (min(p.min(), y.min()) < 0 or max(p.max(), y.max()) >= k):
+        raise ValueError(f"labels must lie in 0..{k - 1} for {k} weights")
+    tp = np.bincount(p[p == y], minlength=k).astype(np.float64)
+    n_pred = np.bincount(p, minlength=k).astype(np.float64)
+    n_true = np.bincount(y, minlength=k).astype(np.float64)
+    tpw = float(np.sum(w * tp))
+    return (tpw + s) / (float(np.sum(w * (n_pred + n_true - tp))) + s)
+
+
 def weighted_jaccard(
     pred_onehot_or_probs: Any,
     truth_onehot: Any,
@@ -204,6 +233,41 @@ def precision(pred: Any, truth: Any, label: Label = 1) -> float:
     """Voxel precision ``TP / (TP + FP)``; NaN without predicted voxels."""
     tp, fp, _, _ = confusion_counts(pred, truth, label)
     return _ratio(tp, tp + fp)
+
+
+def _rvd(tp: int, fp: int, fn: int) -> float:
+    """``(|P| - |T|) / |T|`` from counts; 0.0 when both are empty, NaN when only the truth is."""
+    n_pred, n_true = tp + fp, tp + fn
+    if n_true == 0:
+        return 0.0 if n_pred == 0 else math.nan
+    return (n_pred - n_true) / n_true
+
+
+def _mcc(tp: int, fp: int, fn: int, tn: int) -> float:
+    """Matthews correlation from counts; 0.0 when the denominator is 0 (scikit-learn's rule).
+
+    Hand-written from the counts because ``sklearn.metrics.matthews_corrcoef`` needs the full
+    flattened label arrays (a CT volume's worth of memory per class); float products avoid the
+    int64 overflow of the four marginals' product on large volumes. Tests compare with sklearn.
+    """
+    den = float(tp + fp) * float(tp + fn) * float(tn + fp) * float(tn + fn)
+    if den == 0.0:
+        return 0.0
+    return (float(tp) * float(tn) - float(fp) * float(fn)) / math.sqrt(den)
+
+
+@METRICS.register("relative_volume_difference", kind="label", higher_is_better=False)
+def relative_volume_difference(pred: Any, truth: Any, label: Label = 1) -> float:
+    """Signed relative volume difference ``(|P| - |T|) / |T|`` of ``label`` (medpy's ``ravd``);
+    0.0 when both are empty, NaN when only the truth is empty."""
+    tp, fp, fn, _ = confusion_counts(pred, truth, label)
+    return _rvd(tp, fp, fn)
+
+
+@METRICS.register("mcc", kind="label", higher_is_better=True)
+def mcc(pred: Any, truth: Any, label: Label = 1) -> float:
+    """Matthews correlation coefficient of ``label`` vs the rest (voxels); 0.0 when undefined."""
+    return _mcc(*confusion_counts(pred, truth, label))
 
 
 # ----------------------------------------------------------------------------- surfaces
@@ -384,8 +448,9 @@ def evaluate_case(
 ) -> dict[str, float]:
     """Flat dict of all metrics per class (``{name}_{metric}``) plus detection fields for ``detection_label``.
 
-    Per class: dice, jaccard, assd/hd95/hd in mm and voxels, sensitivity, specificity,
-    precision, volume_pred_ml, volume_true_ml. ``kidney_includes_tumor=True`` scores label 1
+    Per class: dice, jaccard, assd/hd95/hd in mm and voxels, sensitivity (= recall), specificity,
+    precision, rvd (relative volume difference), mcc, volume_pred_ml, volume_true_ml; and
+    ``accuracy``, the fraction of voxels whose label is right (DLAE's evaluators report it too). ``kidney_includes_tumor=True`` scores label 1
     as labels 1|2 (the KiTS19 "kidney" region, which contains the tumour); the default False
     scores each label alone, as the FCN-PPM paper does. Detection (``{name}_case_tp`` ...,
     ``{name}_n_true_lesions`` ...) uses ``connectivity`` components (default 26 in 3D, 8 in 2D).
@@ -411,8 +476,11 @@ def evaluate_case(
         row[f"{name}_sensitivity"] = _ratio(tp, tp + fn)
         row[f"{name}_specificity"] = _ratio(tn, tn + fp)
         row[f"{name}_precision"] = _ratio(tp, tp + fp)
+        row[f"{name}_rvd"] = _rvd(tp, fp, fn)
+        row[f"{name}_mcc"] = _mcc(tp, fp, fn, tn)
         row[f"{name}_volume_pred_ml"] = (tp + fp) * voxel_ml
         row[f"{name}_volume_true_ml"] = (tp + fn) * voxel_ml
+    row["accuracy"] = float(np.count_nonzero(p == t)) / p.size if p.size else math.nan
     if detection_label is not None:
         name = names.get(detection_label, f"label{detection_label}")
         conn = connectivity if connectivity is not None else (26 if p.ndim == 3 else 8)

@@ -156,6 +156,11 @@ def write_report(run_dir: str | Path, n_cases: int | None = None) -> Path:
     run = Path(run_dir)
     if not run.is_dir():
         raise InputError(f"{run}: run folder not found")
+    if (run / "summary.json").exists() and json.loads((run / "summary.json").read_text()).get("task") in (
+            "classification", "regression"):
+        from ctdl.report.classification import write_classification_report
+
+        return write_classification_report(run)
     fig_dir = run / "report"
     fig_dir.mkdir(exist_ok=True)
     history = _read_csv(run / "history.csv")

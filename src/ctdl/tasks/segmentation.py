@@ -52,6 +52,10 @@ def resolve_cases(cfg: ExperimentConfig, progress: bool = True) -> list[Case]:
         return limit_cases(kits19_cases(d.root, require_images=True), d.cases)
     if d.format == "folder":
         return limit_cases(folder_cases(d.root, d.images_dir, d.labels_dir), d.cases)
+    if d.format == "hdf5":  # DLAE HDF5 pairs (ctdl.data.hdf5_dataset)
+        from ctdl.data.hdf5_dataset import hdf5_cases
+
+        return limit_cases(hdf5_cases(cfg, cache_dir(cfg), progress=progress), d.cases)
     raise ConfigError(f"data.format '{d.format}' is not a segmentation dataset (use kits19, folder or synthetic_kits)")
 
 
@@ -61,6 +65,10 @@ def cache_dir(cfg: ExperimentConfig) -> Path:
 
 def make_split(cfg: ExperimentConfig, cases: list[Case]) -> dict[str, list[str]]:
     s = cfg.data.split
+    if cfg.data.format == "hdf5" and s.train_cases is None:  # DLAE's seeded split / separate files
+        from ctdl.data.hdf5_dataset import hdf5_split
+
+        return hdf5_split(cfg, cases)
     if s.train_cases is not None:
         known = {c.case_id for c in cases}
         split = {"train": list(s.train_cases), "val": list(s.val_cases or []), "test": list(s.test_cases or [])}
@@ -76,6 +84,11 @@ def prepare_cases(pre: SegPreprocessor, cases: list[Case], n_classes: int, cache
     out = []
     for case in tqdm(cases, desc=desc, leave=False, disable=None):
         image, label = load_case(case, n_classes)
+        if use_label_roi and label is not None and pre.cfg.roi.enabled and pre.cfg.roi.per_kidney:
+            img_s, lab_s, _ = (cache.get_or_make(case.case_id, pre, image, label) if cache is not None
+                               else pre.geometry(image, label))
+            out.extend(pre.finish_all(case.case_id, img_s, lab_s))  # one case per kidney crop
+            continue
         prepared, _ = pre.prepare(case.case_id, image, label, cache, use_label_roi=use_label_roi)
         out.append(prepared)
     return out
@@ -87,6 +100,11 @@ def build_model(cfg: ExperimentConfig) -> torch.nn.Module:
 
     params = dict(cfg.model.params)
     in_ch = cfg.model.in_channels or cfg.preprocessing.repeat_channels
+    if cfg.model.layers:  # a DLAE serial layer list instead of a registered name; the losses take logits
+        from ctdl.models.layerlist import build_layer_list
+
+        return build_layer_list(cfg.model.layers, dims=2 if cfg.sampling.mode == "slices2d" else 3,
+                                in_channels=in_ch, logits=True)
     params.setdefault("in_channels", in_ch)
     params.setdefault("out_channels", cfg.n_classes)
     return create_model(cfg.model.name, **params)
@@ -137,6 +155,8 @@ def inference_options(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def _model_divisor(cfg: ExperimentConfig) -> int | None:
+    if cfg.model.layers:  # a DLAE layer list knows its own down-sampling factor
+        return int(getattr(build_model(cfg), "divisible_by", 1))
     strides = cfg.model.params.get("strides")
     if strides is not None:
         return int(np.prod([s if isinstance(s, int) else max(s) for s in strides]))
@@ -153,7 +173,18 @@ def predict_prepared(model: torch.nn.Module, cfg: ExperimentConfig, image: np.nd
     method = opts.pop("method")
     if method != "slices2d":
         opts["device"] = device
-    return predict_volume(model, image, cfg.n_classes, method=method, tta=cfg.inference.tta_flips, **opts)
+    tta = cfg.inference.tta_flips and bool(cfg.augmentation.flip_axes)
+    if tta:  # only the flips the model was trained with: an unseen flip (e.g. anterior-posterior) hurts
+        opts["tta_axes"] = tta_flip_axes(cfg.augmentation.flip_axes)
+    return predict_volume(model, image, cfg.n_classes, method=method, tta=tta, **opts)
+
+
+def tta_flip_axes(flip_axes: Iterable[int]) -> tuple[tuple[int, ...], ...]:
+    """Every non-empty combination of the training flip axes (0=D, 1=H, 2=W), as axes of a (C, D, H, W) image."""
+    from itertools import combinations
+
+    axes = sorted({int(a) + 1 for a in flip_axes})
+    return tuple(c for k in range(1, len(axes) + 1) for c in combinations(axes, k))
 
 
 def postprocess_prediction(cfg: ExperimentConfig, labels: np.ndarray, probs: np.ndarray, image: np.ndarray,
@@ -210,6 +241,19 @@ def validation_fn(cfg: ExperimentConfig, val: list[PreparedCase], device: str, w
 
 
 # -- training --------------------------------------------------------------------------------
+def _finish_train(pre: SegPreprocessor, case_id: str, img_s: Volume, lab_s: Volume, ctx: Any) -> list[PreparedCase]:
+    """Training cases of one volume: ROI crops (one per kidney with ``roi.per_kidney``), then, with
+    ``preprocessing.remove_background_slices``, only the slices that hold a label (thesis: training set only)."""
+    cases = (pre.finish_all(case_id, img_s, lab_s) if pre.cfg.roi.enabled and pre.cfg.roi.per_kidney
+             else [pre.finish(case_id, img_s, lab_s, ctx)])
+    if pre.cfg.remove_background_slices:
+        for c in cases:
+            if c.label is not None and c.label.any():
+                kept = np.flatnonzero(c.label.reshape(c.label.shape[0], -1).any(axis=1))
+                c.image, c.label = c.image[:, kept].copy(), c.label[kept].copy()
+    return cases
+
+
 def _fit_stage(cfg: ExperimentConfig, run_dir: Path, train_cases: list[Case], val_cases: list[Case],
                device: str, progress: bool, resume: bool, extra_meta: dict[str, Any] | None = None
                ) -> tuple[torch.nn.Module, SegPreprocessor, dict[str, Any]]:
@@ -236,7 +280,7 @@ def _fit_stage(cfg: ExperimentConfig, run_dir: Path, train_cases: list[Case], va
         image, label = load_case(c, cfg.n_classes)
         geo.append((c.case_id, *cache.get_or_make(c.case_id, pre, image, label)))
     pre.fit([img_s.array for _, img_s, _, _ in geo])
-    train_set = [pre.finish(cid, img_s, lab_s, ctx) for cid, img_s, lab_s, ctx in geo]
+    train_set = [t for cid, img_s, lab_s, ctx in geo for t in _finish_train(pre, cid, img_s, lab_s, ctx)]
     del geo
     val_set = prepare_cases(pre, val_cases, cfg.n_classes, cache, "prepare val",
                             use_label_roi=cfg.preprocessing.roi.enabled)
@@ -333,6 +377,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         t1 = time.time()
         best = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
         predictor = Predictor.from_checkpoint(best, device=device)
+        jcw_weights = None
+        if "weighted_jaccard" in cfg.monitors.metrics:  # the thesis' JC_w with the run's class weights
+            jcw_weights = predictor.class_weights or [1.0] * cfg.n_classes
         pred_dir = run_dir / "predictions"
         _write_json(run_dir / "test_cases.json", {cid: {"image": str(by_id[cid].image), "label": str(by_id[cid].label)}
                                                    for cid in test_ids})
@@ -340,7 +387,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         for cid in tqdm(test_ids, desc="test", leave=False, disable=None if progress else True):
             case = by_id[cid]
             out = predictor.predict_file(case.image, pred_dir / f"{cid}.nii.gz")
-            rows.append(evaluate_pair(out, case.label, cfg, cid))
+            rows.append(evaluate_pair(out, case.label, cfg, cid, class_weights=jcw_weights))
         metrics = _write_metrics(rows, run_dir, cfg)
         timing["test_predict_eval_s"] = round(time.time() - t1, 1)
     timing["total_s"] = round(time.time() - t0, 1)
@@ -365,11 +412,12 @@ def _device(name: str) -> str:
 
 
 def _load_pretrained(model: torch.nn.Module, path: Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state) if isinstance(state, dict) else state
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InputError(f"{path}: weights do not fit the model: missing keys {missing[:20]}, unexpected keys {unexpected[:20]}")
+    """Strictly load a PyTorch state dict or a Keras-applications .h5 (every bad key is listed in the error)."""
+    from ctdl.models.keras_weights import load_pretrained
+
+    skipped = load_pretrained(model, path)
+    if skipped:
+        log.info("%s: left at their initial values (not in the file): %s", path, ", ".join(skipped))
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -393,6 +441,8 @@ class Predictor:
             cmodel, ccfg, cplan = coarse
             self.coarse = (cmodel.to(device).eval(), ccfg, SegPreprocessor(ccfg.preprocessing, cplan))
         self.last_roi: tuple[slice, slice, slice] | None = None
+        self.last_rois: list[tuple[slice, slice, slice]] = []
+        self.class_weights: list[float] | None = None  # the training loss' class weights (from the checkpoint)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Predictor":
@@ -422,58 +472,98 @@ class Predictor:
             cmodel = build_model(ccfg)
             cmodel.load_state_dict(cm["state"])
             coarse = (cmodel, ccfg, cm.get("plan", {}))
-        return cls(model, cfg, meta.get("plan", {}), device, coarse)
+        predictor = cls(model, cfg, meta.get("plan", {}), device, coarse)
+        predictor.class_weights = meta.get("class_weights")
+        return predictor
 
     def predict_volume(self, image: Volume, roi: bool | None = None) -> Volume:
         """Label map for ``image`` with exactly its shape and affine.
 
         ``roi`` (default: the config's ``inference.two_stage``) runs the coarse localiser first; the image is
-        cropped (on its own grid) to the box around what it finds plus ``inference.roi_margin_mm``, and only
-        that crop is resampled and segmented, then pasted back. If the coarse pass finds nothing the whole
+        cropped (on its own grid) to the box around what it finds plus ``inference.roi_margin_mm`` (with
+        ``preprocessing.roi.per_kidney``: one box per kidney, of ``roi.size_hw`` in-plane), and only those
+        crops are resampled and segmented, then pasted back. If the coarse pass finds nothing the whole
         volume is processed. Sample-wise normalizations use the whole image's (windowed) range in both modes.
         """
         use_roi = self.cfg.inference.two_stage if roi is None else roi
         if use_roi and self.coarse is None:
             raise InputError("ROI mode needs a coarse localiser: train with inference.two_stage: true")
         sample_range = self.pre.sample_range(image.array)
-        box = self._coarse_box(image) if use_roi else None
-        self.last_roi = box
-        sub = image if box is None else _crop_volume(image, box)
-        img_s, _, ctx = self.pre.geometry(sub, None)
-        x = self.pre.intensity(img_s.array, sample_range=sample_range)
-        labels, probs = predict_prepared(self.model, self.cfg, x, self.device)
-        labels = postprocess_prediction(self.cfg, labels, probs, x, tuple(img_s.spacing))  # type: ignore[arg-type]
-        out = self.pre.restore(labels, ctx)
-        if box is not None:
+        boxes = self._coarse_boxes(image) if use_roi else []
+        self.last_roi = boxes[0] if len(boxes) == 1 else None
+        self.last_rois = boxes
+        if not boxes:
+            out = self._predict_region(image, sample_range)
+        else:
             full = np.zeros(image.shape, np.uint8)
-            full[box] = out.array
+            for box in boxes:  # one crop per kidney (roi.per_kidney) or one around everything found
+                part = self._predict_region(_crop_volume(image, box), sample_range).array
+                full[box] = np.maximum(full[box], part)  # overlapping crops: union, tumour over kidney
             out = Volume(full, image.affine.copy(), {}, image.file_axes)
         out.meta.update({"source": image.meta.get("source"), "classes": list(self.cfg.data.classes)})
         return out
 
+    def _predict_region(self, sub: Volume, sample_range: tuple[float, float]) -> Volume:
+        """Label map of ``sub`` (the whole image or a crop of it) on its own grid."""
+        img_s, _, ctx = self.pre.geometry(sub, None)
+        x = self.pre.intensity(img_s.array, sample_range=sample_range)
+        labels, probs = predict_prepared(self.model, self.cfg, x, self.device)
+        labels = postprocess_prediction(self.cfg, labels, probs, x, tuple(img_s.spacing))  # type: ignore[arg-type]
+        return self.pre.restore(labels, ctx)
+
     def _coarse_box(self, image: Volume) -> tuple[slice, slice, slice] | None:
-        """Box (in ``image``'s own voxels) around the coarse localiser's foreground, plus the configured margin."""
+        """One box around everything the coarse localiser finds (None if it finds nothing)."""
+        boxes = self._coarse_boxes(image, per_kidney=False)
+        return boxes[0] if boxes else None
+
+    def _coarse_boxes(self, image: Volume, per_kidney: bool | None = None) -> list[tuple[slice, slice, slice]]:
+        """Boxes (in ``image``'s own voxels) around the coarse localiser's foreground, plus the configured margin.
+
+        ``roi.per_kidney``: one box per connected component (kidney); ``roi.size_hw``: a fixed in-plane window
+        of that many voxels *at the fine model's spacing*, converted to this image's voxels, centred on each box.
+        """
         cmodel, ccfg, cpre = self.coarse  # type: ignore[misc]
         prep, cctx = cpre.prepare("input", image, None, None, use_label_roi=False)
         lab, probs = predict_prepared(cmodel, ccfg, prep.image, self.device)
         lab = postprocess_prediction(ccfg, lab, probs, prep.image, prep.spacing)
-        idx = np.argwhere(lab > 0)
-        if idx.size == 0:
-            return None
-        lo, hi = idx.min(0) - 0.5, idx.max(0) + 0.5  # voxel edges of the coarse box
-        corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
-        vox = (np.linalg.inv(image.affine) @ (cctx.resampled_affine @ corners.T))[:3].T
+        roi = self.cfg.preprocessing.roi
+        per_kidney = roi.enabled and roi.per_kidney if per_kidney is None else per_kidney
+        if per_kidney:
+            comp_boxes = pp_component_boxes(lab)
+        else:
+            comp_boxes = [] if not lab.any() else [tuple(slice(int(a), int(b) + 1) for a, b in
+                                                        zip(np.argwhere(lab > 0).min(0), np.argwhere(lab > 0).max(0)))]
         margin = np.asarray(self.cfg.inference.roi_margin_mm) / np.asarray(image.spacing)
-        v_lo = np.floor(vox.min(0) - margin).astype(int)
-        v_hi = np.ceil(vox.max(0) + margin).astype(int) + 1
-        box = tuple(slice(max(0, int(a)), min(n, int(b))) for a, b, n in zip(v_lo, v_hi, image.shape))
-        if any(s.stop - s.start < 2 for s in box):
-            return None
-        return box  # type: ignore[return-value]
+        fine_sp = self.pre.target_spacing
+        boxes = []
+        for cb in comp_boxes:
+            lo = np.array([s.start for s in cb]) - 0.5  # voxel edges of the coarse box
+            hi = np.array([s.stop - 1 for s in cb]) + 0.5
+            corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+            vox = (np.linalg.inv(image.affine) @ (cctx.resampled_affine @ corners.T))[:3].T
+            v_lo, v_hi = vox.min(0) - margin, vox.max(0) + margin
+            if roi.enabled and roi.size_hw is not None:
+                sp = np.asarray(fine_sp if fine_sp is not None else image.spacing, float)
+                for ax in (1, 2):
+                    half = roi.size_hw[ax - 1] * sp[ax] / image.spacing[ax] / 2.0
+                    c = (vox[:, ax].min() + vox[:, ax].max()) / 2.0
+                    v_lo[ax], v_hi[ax] = c - half, c + half
+            box = tuple(slice(max(0, int(np.floor(a))), min(n, int(np.ceil(b)) + 1))
+                        for a, b, n in zip(v_lo, v_hi, image.shape))
+            if all(s.stop - s.start >= 2 for s in box):
+                boxes.append(box)
+        return boxes  # type: ignore[return-value]
 
     def predict_file(self, src: str | Path, dst: str | Path) -> Path:
         image = read_volume(src)
         return write_volume(self.predict_volume(image), dst)
+
+
+def pp_component_boxes(lab: np.ndarray) -> list[tuple[slice, slice, slice]]:
+    """Tight boxes of the (up to two) largest foreground components of a coarse label map."""
+    from ctdl.data import preprocess as pp
+
+    return pp.component_boxes(lab, 0)
 
 
 def _crop_volume(image: Volume, box: tuple[slice, slice, slice]) -> Volume:
@@ -512,8 +602,10 @@ def predict_paths(model: str | Path, inputs: str | Path, output: str | Path, dev
 
 # -- evaluation ------------------------------------------------------------------------------
 def evaluate_pair(pred_path: str | Path, truth_path: str | Path | None, cfg: ExperimentConfig | None,
-                  case_id: str, classes: list[str] | None = None, kidney_includes_tumor: bool | None = None) -> dict[str, Any]:
-    from ctdl.metrics.segmentation import evaluate_case
+                  case_id: str, classes: list[str] | None = None, kidney_includes_tumor: bool | None = None,
+                  class_weights: list[float] | None = None) -> dict[str, Any]:
+    """Metrics of one case; with ``class_weights`` also the thesis' JC_w (``weighted_jaccard``)."""
+    from ctdl.metrics.segmentation import evaluate_case, weighted_jaccard_labels
 
     pred = read_volume(pred_path)
     if truth_path is None:
@@ -525,6 +617,8 @@ def evaluate_pair(pred_path: str | Path, truth_path: str | Path | None, cfg: Exp
     kit = kidney_includes_tumor if kidney_includes_tumor is not None else (cfg.evaluation.kidney_includes_tumor if cfg else False)
     row = evaluate_case(pred.array.astype(np.int64), truth.array.astype(np.int64), truth.spacing,
                         class_names={i: n for i, n in enumerate(names) if i > 0}, kidney_includes_tumor=kit)
+    if class_weights is not None:
+        row["weighted_jaccard"] = weighted_jaccard_labels(pred.array, truth.array, class_weights)
     return {"case_id": case_id, **row}
 
 
