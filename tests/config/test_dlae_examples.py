@@ -14,6 +14,7 @@ import yaml
 
 from ctdl.config.dlae import dlae_to_dict
 from ctdl.config.load import config_from_dict, config_to_dict, load_config
+from ctdl.errors import ConfigError
 from ctdl.io.hdf5 import read_dlae_pairs, write_dlae_pairs
 
 CONFIGS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dlae_configs"
@@ -131,7 +132,6 @@ def _history_rows(run: Path) -> list[dict]:
 
 @pytest.mark.slow  # the example's U-Net has 31 M parameters: ~20 s on an idle 2-core CPU
 def test_fcn_example_trains_one_step(tmp_path: Path) -> None:
-    pytest.importorskip("ctdl.models.layerlist")
     run = _one_step("fcn", tmp_path, 32)
     rows = _history_rows(run)
     assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
@@ -139,30 +139,20 @@ def test_fcn_example_trains_one_step(tmp_path: Path) -> None:
     assert len(split["val"]) == 1 and len(split["train"]) == 4  # ceil(5 * 0.2) from the training file, seeded
 
 
-def _task_supports_hdf5(module: str) -> None:
-    mod = pytest.importorskip(module)
-    src = Path(mod.__file__).read_text()
-    if "hdf5" not in src:
-        pytest.skip(f"{module} does not read data.format hdf5 yet")
-
-
+@pytest.mark.xfail(strict=True, raises=ConfigError,
+                   reason="the classification task does not read DLAE HDF5 (data.format hdf5) yet; issue 7 stays open")
 def test_cnn_example_trains_one_step(tmp_path: Path) -> None:
-    pytest.importorskip("ctdl.models.layerlist")
-    _task_supports_hdf5("ctdl.tasks.classification")
     run = _one_step("cnn", tmp_path, 64)
     assert len(_history_rows(run)) == 1
 
 
+@pytest.mark.slow
 def test_gan_example_trains_one_step(tmp_path: Path) -> None:
-    pytest.importorskip("ctdl.models.layerlist")
-    _task_supports_hdf5("ctdl.tasks.gan")
     run = _one_step("gan", tmp_path, 256)
     assert (run / "history.csv").exists()
 
 
 @pytest.mark.slow
 def test_bbd_example_trains_one_step(tmp_path: Path) -> None:
-    pytest.importorskip("ctdl.models.layerlist")
-    _task_supports_hdf5("ctdl.tasks.detection")
     run = _one_step("bbd", tmp_path, 512)  # the SSD512 head's last 4x4 valid conv needs the full size
     assert (run / "history.csv").exists()
