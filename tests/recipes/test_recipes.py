@@ -56,11 +56,20 @@ def test_fcn_ppm_recipe_settings() -> None:
     assert cfg.postprocess.largest_component.enabled and cfg.postprocess.largest_component.connectivity == 18
 
 
+@pytest.fixture(scope="module")
+def phantom_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One phantom cache for every recipe run of this module (the phantoms are rendered once)."""
+    return tmp_path_factory.mktemp("phantoms")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", THESIS)
-def test_thesis_recipe_runs_at_demo_scale(key: str, shared_data: Path, tmp_path: Path) -> None:
+def test_thesis_recipe_runs_at_demo_scale(key: str, shared_data: Path, tmp_path: Path, phantom_cache: Path) -> None:
+    """The demo scale's data, model and pipeline end to end; 2 epochs x 2 steps to keep the suite short (the
+    full demo scale of all seven runs in `ctdl sweep recipes/kits19_compare.yaml --scale demo`)."""
     rc = main(["train", str(RECIPES / f"kits19_{key}.yaml"), "--scale", "demo", "--quiet",
-               "--set", f"output_dir={tmp_path}", "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+               "--set", f"output_dir={tmp_path}", "--set", f"data.cache_dir={phantom_cache}",
+               "--set", "training.epochs=2", "--set", "training.steps_per_epoch=2"])
     assert rc == 0
     summary = json.loads((tmp_path / f"kits19_{key}" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["params"] > 0
@@ -69,11 +78,11 @@ def test_thesis_recipe_runs_at_demo_scale(key: str, shared_data: Path, tmp_path:
 
 
 @pytest.mark.slow
-def test_fcn_ppm_recipe_runs_at_demo_scale_reduced(shared_data: Path, tmp_path: Path) -> None:
+def test_fcn_ppm_recipe_runs_at_demo_scale_reduced(shared_data: Path, tmp_path: Path, phantom_cache: Path) -> None:
     """The demo scale's pipeline (per-kidney ROI, voting, CRF, 18-connected LCC) with fewer epochs and cases;
     the full demo scale (about 10 CPU minutes) is measured outside the suite."""
     rc = main(["train", str(RECIPES / "fcn_ppm_kidney.yaml"), "--scale", "demo", "--quiet",
-               "--set", f"output_dir={tmp_path}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+               "--set", f"output_dir={tmp_path}", "--set", f"data.cache_dir={phantom_cache}",
                "--set", "data.cases=6", "--set", "data.split.train=0.5", "--set", "data.split.val=0.17",
                "--set", "data.split.test=0.33", "--set", "training.epochs=2", "--set", "training.steps_per_epoch=4",
                "--set", "inference.coarse_epochs=2"])
