@@ -147,6 +147,9 @@ def test_cnn_example_trains_one_step(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=ConfigError,
+                   reason="DLAE GAN data has no HU window (imported with hu_window null) and the GAN task maps a window "
+                          "to [-1, 1]: a data-derived range for HDF5 pairs is not implemented yet; issue 7 stays open")
 def test_gan_example_trains_one_step(tmp_path: Path) -> None:
     run = _one_step("gan", tmp_path, 256)
     assert (run / "history.csv").exists()

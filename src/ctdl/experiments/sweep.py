@@ -370,8 +370,10 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _finish(run: RunSpec, proc: subprocess.Popen, seconds: float) -> RunOutcome:  # type: ignore[type-arg]
-    """Record a finished subprocess: trust the run's summary.json; write a failed one when it has none."""
+def _finish(run: RunSpec, proc: subprocess.Popen, seconds: float,  # type: ignore[type-arg]
+            interrupted: bool = False) -> RunOutcome:
+    """Record a finished subprocess: trust the run's summary.json; write one when it has none (``failed``, or
+    ``interrupted`` when the sweep itself stopped it, e.g. a Ctrl-C that arrived while the run was starting)."""
     from ctdl.engine.rundir import write_run_summary
 
     status = run_status(run.run_dir)
@@ -380,10 +382,12 @@ def _finish(run: RunSpec, proc: subprocess.Popen, seconds: float) -> RunOutcome:
     if status not in ("failed", "interrupted"):
         # died before ctdl could say so (bad config, killed, out of memory): say it here, with the log's end
         reason = f"exit status {proc.returncode}" if proc.returncode else "exited without writing summary.json"
+        if interrupted:
+            reason = f"stopped by the sweep (Ctrl-C); {reason}"
         tail = _tail(run.run_dir / LOG_NAME)
-        write_run_summary(run.run_dir, run.task, run.model, None, {}, status="failed",
+        status = "interrupted" if interrupted else "failed"
+        write_run_summary(run.run_dir, run.task, run.model, None, {}, status=status,
                           error=f"{reason}; last lines of {LOG_NAME}:\n{tail}" if tail else reason)
-        status = "failed"
     return RunOutcome(run.name, str(status), seconds, proc.returncode)
 
 
@@ -461,7 +465,7 @@ def run_sweep(spec: SweepSpec, parallel: int = 1, progress: bool = True,
     except KeyboardInterrupt:
         _stop_all(active)
         for proc, (run, t0) in active.items():
-            outcomes[run.name] = _finish(run, proc, time.time() - t0)
+            outcomes[run.name] = _finish(run, proc, time.time() - t0, interrupted=True)
         raise
     finally:
         bar.close()
