@@ -11,13 +11,7 @@ from ctdl.detection.boxes import (box_iou, decode_boxes, encode_boxes, encode_ta
                                   to_corners)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine more threads spin and run ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_box_iou_by_hand() -> None:

@@ -12,13 +12,7 @@ from ctdl.detection.boxes import encode_boxes
 from ctdl.detection.decode import decode_detections, greedy_nms, nms_per_class
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine more threads spin and run ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_nms_hand_case() -> None:

@@ -11,13 +11,7 @@ from ctdl.losses.adversarial import adversarial_loss
 from ctdl.losses.registry import create_loss, list_losses
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (restored after): tiny nets on a shared CPU are far faster without OpenMP waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_registered() -> None:

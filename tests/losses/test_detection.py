@@ -13,13 +13,7 @@ from ctdl.losses.detection import hard_negative_mask, smooth_l1, ssd_loss
 from ctdl.losses.registry import create_loss, list_losses
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine more threads spin and run ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _logits_for_ce(targets: list[int], ces: list[float], n_cls: int = 3) -> torch.Tensor:

@@ -9,13 +9,7 @@ import torch.nn as nn
 from ctdl.models import count_parameters, count_parameters_keras, create_model, model_info
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared, loaded CPU two threads spin-wait and small ops get ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_dlae_layer_list_and_counts() -> None:

@@ -9,13 +9,7 @@ from ctdl.models import MODELS, create_model, list_models, model_info
 from ctdl.models.gan import PatchGANDiscriminator, patchgan_receptive_field
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (restored after): tiny nets on a shared CPU are far faster without OpenMP waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 GAN_MODELS = [n for n in list_models() if MODELS.meta(n).get("task") == "gan"]

@@ -15,13 +15,7 @@ from ctdl.models import MODELS, create_model, model_info
 from ctdl.models.ssd import SSD, build_detector
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine more threads spin and run ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyFeatures(nn.Module):

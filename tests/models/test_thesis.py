@@ -10,13 +10,7 @@ from ctdl.models import thesis as T  # registers the thesis models
 from ctdl.models.registry import MODELS, count_parameters, count_parameters_keras
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads thrash on a shared 2-core box (10x slower init); one thread keeps this fast."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # name, kwargs, Keras total (trainable + BN moving mean/var), PyTorch trainable, tiny test input (N, C, *spatial)

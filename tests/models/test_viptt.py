@@ -12,13 +12,7 @@ from ctdl.models import count_parameters, create_model, model_info
 from ctdl.models.vgg import vgg_features
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared, loaded CPU two threads spin-wait and small ops get ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_paper_size_counts() -> None:

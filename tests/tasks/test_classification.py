@@ -14,13 +14,8 @@ import torch.nn.functional as F
 from ctdl.config.load import config_from_dict
 from ctdl.errors import ConfigError, InputError
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared, loaded CPU two threads spin-wait and small ops get ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY_MODEL = {"rnn": "lstm", "rnn_units": 8, "dense_units": 16, "pooling": "max", "vgg_width": 0.0625}

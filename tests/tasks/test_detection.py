@@ -16,13 +16,7 @@ from ctdl.io.hdf5 import write_dlae_hdf5
 from ctdl.tasks.detection import load_detector, predict_paths, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine more threads spin and run ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dataset(root: Path, n: int = 12) -> tuple[Path, Path]:

@@ -17,13 +17,7 @@ from ctdl.io.hdf5 import write_dlae_hdf5
 from ctdl.tasks import gan as gan_task
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (restored after): tiny nets on a shared CPU are far faster without OpenMP waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SPACING = (2.0, 1.5, 1.25)
