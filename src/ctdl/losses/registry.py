@@ -33,3 +33,11 @@ def list_losses(pattern: str = "*") -> list[str]:
     """Sorted names of the registered losses matching a glob ``pattern``."""
     _ensure_registered()
     return LOSSES.names(pattern)
+
+
+def loss_from_config(name: str, params: dict[str, Any], weights: list[float] | None) -> nn.Module:
+    """The config's loss (``loss.name`` / ``loss.params``), given the run's class weights unless params set them."""
+    kwargs = dict(params)
+    if weights is not None:
+        kwargs.setdefault("weights", weights)
+    return create_loss(name, **kwargs)

@@ -131,12 +131,9 @@ def class_weights(cfg: ExperimentConfig, train: list[PreparedCase]) -> list[floa
 
 
 def build_loss(cfg: ExperimentConfig, weights: list[float] | None) -> torch.nn.Module:
-    from ctdl.losses.registry import create_loss
+    from ctdl.losses.registry import loss_from_config
 
-    params = dict(cfg.loss.params)
-    if weights is not None:
-        params.setdefault("weights", weights)
-    return create_loss(cfg.loss.name, **params)
+    return loss_from_config(cfg.loss.name, cfg.loss.params, weights)
 
 
 # -- inference helpers -----------------------------------------------------------------------
