@@ -14,7 +14,6 @@ import yaml
 
 from ctdl.config.dlae import dlae_to_dict
 from ctdl.config.load import config_from_dict, config_to_dict, load_config
-from ctdl.errors import ConfigError
 from ctdl.io.hdf5 import read_dlae_pairs, write_dlae_pairs
 
 CONFIGS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dlae_configs"
@@ -139,17 +138,12 @@ def test_fcn_example_trains_one_step(tmp_path: Path) -> None:
     assert len(split["val"]) == 1 and len(split["train"]) == 4  # ceil(5 * 0.2) from the training file, seeded
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError,
-                   reason="the classification task does not read DLAE HDF5 (data.format hdf5) yet; issue 7 stays open")
 def test_cnn_example_trains_one_step(tmp_path: Path) -> None:
     run = _one_step("cnn", tmp_path, 64)
     assert len(_history_rows(run)) == 1
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=ConfigError,
-                   reason="DLAE GAN data has no HU window (imported with hu_window null) and the GAN task maps a window "
-                          "to [-1, 1]: a data-derived range for HDF5 pairs is not implemented yet; issue 7 stays open")
 def test_gan_example_trains_one_step(tmp_path: Path) -> None:
     run = _one_step("gan", tmp_path, 256)
     assert (run / "history.csv").exists()

@@ -10,7 +10,8 @@ pipeline's normalization, which is DLAE's order. One-hot label maps are turned b
 indices. The validation split is DLAE's (first ceil(n * val) samples of the training file after a
 shuffle), seeded.
 
-Other tasks read the arrays directly with :func:`load_hdf5_arrays`.
+Other tasks read the arrays directly with :func:`load_hdf5_arrays` (classification: class ids, one-hot
+labels arg-maxed, or regression vectors) and split sample ids with :func:`hdf5_split_ids`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from ctdl.io.hdf5 import (
     dlae_sample_channels_first,
     dlae_sample_to_volume,
     read_dlae_hdf5,
-    read_dlae_pairs,
 )
 
 _VERSION = 1
@@ -113,11 +113,20 @@ def hdf5_split(cfg: Any, cases: list[Case]) -> dict[str, list[str]]:
     files whenever validation_split > 0). Without a test file, ``data.split.test`` takes the next
     ceil(n * test) shuffled samples.
     """
-    s = cfg.data.split
-    seed = cfg.seed if s.seed is None else s.seed
     by_part: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for c in cases:
         by_part[c.split or "train"].append(c.case_id)
+    return hdf5_split_ids(cfg, by_part)
+
+
+def hdf5_split_ids(cfg: Any, by_part: dict[str, list[str]]) -> dict[str, list[str]]:
+    """:func:`hdf5_split` on sample ids grouped by the file they came from (``train``/``val``/``test``).
+
+    Any task reading DLAE HDF5 data (segmentation cases, classification samples) splits this way.
+    """
+    s = cfg.data.split
+    seed = cfg.seed if s.seed is None else s.seed
+    by_part = {k: list(by_part.get(k) or []) for k in ("train", "val", "test")}
     train = by_part["train"]
     n = len(train)
     order = np.random.default_rng(seed).permutation(n) if cfg.training.shuffle else np.arange(n)
@@ -134,11 +143,37 @@ def hdf5_split(cfg: Any, cases: list[Case]) -> dict[str, list[str]]:
     return split
 
 
-def load_hdf5_arrays(cfg: Any, part: str = "train", model: str = "fcn") -> list[tuple[np.ndarray, np.ndarray]]:
+def cnn_class_id(y: np.ndarray, n_classes: int, where: str) -> int:
+    """A DLAE CNN classification annotation as a class index: one integer (shape (), (1,) or (1, 1)) or a one-hot
+    vector of ``n_classes`` (shape (C,) or (1, C), one 1 and zeros elsewhere)."""
+    a = np.asarray(y)
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"{where}: a class label must be numeric, got dtype {a.dtype}")
+    flat = a.reshape(-1)
+    if a.ndim <= 2 and flat.size == 1:
+        v = float(flat[0])
+        if not np.isfinite(v) or v != int(v) or not 0 <= v < n_classes:
+            raise InputError(f"{where}: class label {v:g} is not an integer in 0..{n_classes - 1} "
+                             f"({n_classes} classes in data.classes)")
+        return int(v)
+    if a.ndim <= 2 and flat.size == a.shape[-1] == n_classes and np.all((flat == 0) | (flat == 1)) \
+            and int(flat.sum()) == 1:
+        return int(np.argmax(flat))
+    raise InputError(f"{where}: annotation of shape {a.shape} is neither a class id (shape (1,)) nor a one-hot "
+                     f"vector of the {n_classes} classes in data.classes (shape ({n_classes},), a single 1); "
+                     f"values {flat[:8].tolist()}{' ...' if flat.size > 8 else ''}")
+
+
+def load_hdf5_arrays(cfg: Any, part: str = "train", model: str = "fcn",
+                     context: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, annotation) pairs of one part (train/val/test) for any task, images channels-first.
 
     ``model`` is an ``ctdl.io.hdf5.MODEL_TYPES`` layout; images become (C, H, W) or (C, D, H, W);
-    annotations keep DLAE's layout (class id, vector, label map or boxes).
+    annotations keep DLAE's layout (label map or boxes), except that a CNN classification label is
+    always returned as its class id, shape (1,) (one-hot vectors are arg-maxed), and a CNN regression
+    target as a float32 vector. ``context`` ('2D'/'3D') overrides the one derived from the config
+    (``sampling.mode``). Files with different sample counts are a :class:`ConfigError` naming both
+    fields and files.
     """
     keys = {p: (kx, ky) for p, kx, ky in _PARTS}
     if part not in keys:
@@ -147,9 +182,30 @@ def load_hdf5_arrays(cfg: Any, part: str = "train", model: str = "fcn") -> list[
     x, y = getattr(cfg.data, kx), getattr(cfg.data, ky)
     if x is None or y is None:
         return []
-    ctx = _context(cfg) if model in ("fcn", "gan") else ("2D" if model == "bbd" or cfg.sampling.mode == "slices2d" else "3D")
+    if context is not None:
+        ctx = str(context).upper()
+    else:
+        ctx = _context(cfg) if model in ("fcn", "gan") else ("2D" if model == "bbd" or cfg.sampling.mode == "slices2d" else "3D")
     n_classes = None if model in ("gan", "cnn_regression") else (cfg.n_classes - 1 if model == "bbd" else cfg.n_classes)
-    return [(dlae_sample_channels_first(a, ctx), b) for a, b in read_dlae_pairs(x, y, model, ctx, n_classes)]
+    xs, ys = read_dlae_hdf5(x), read_dlae_hdf5(y)
+    if len(xs) != len(ys):
+        raise ConfigError(f"data.{kx} / data.{ky}: {x} holds {len(xs)} samples but {y} holds {len(ys)}; DLAE pairs "
+                          f"image '<i>' with annotation '<i>', so both files need the same samples '0'..'n-1'")
+    out = []
+    for i, (a, b) in enumerate(zip(xs, ys)):
+        where = f"{x} / {y} (data.{kx} / data.{ky}) sample '{i}'"
+        if model == "cnn_classification":
+            b = np.array([cnn_class_id(b, int(n_classes), where)], np.int64)  # type: ignore[arg-type]
+        check_dlae_sample(a, b, model, ctx, n_classes, where=where)
+        if model == "cnn_regression":
+            b = np.asarray(b, np.float32)
+            if not np.all(np.isfinite(b)):
+                raise InputError(f"{where}: regression target {b.tolist()[:8]} has non-finite values")
+            if out and b.shape != out[0][1].shape:
+                raise InputError(f"{where}: regression target has {b.size} values, sample '0' has {out[0][1].size} "
+                                 "(every target vector needs the same length)")
+        out.append((dlae_sample_channels_first(a, ctx), b))
+    return out
 
 
-__all__ = ["hdf5_cases", "hdf5_split", "load_hdf5_arrays"]
+__all__ = ["cnn_class_id", "hdf5_cases", "hdf5_split", "hdf5_split_ids", "load_hdf5_arrays"]

@@ -1,12 +1,22 @@
 """Classification (and regression) task: whole CT volumes or video clips -> one label (or a row vector).
 
-Chain: samples (manifest CSV, a folder per class, videos, or the synthetic TB / video sets) -> preprocessing
+Chain: samples (manifest CSV, a folder per class, videos, DLAE HDF5 pairs, or the synthetic TB / video sets) -> preprocessing
 (HU window for CT only, spline zoom to ``preprocessing.zoom_shape``, the same normalization for CT and video,
 cached on disk) -> seeded stratified split -> model from the registry (optionally ImageNet VGG16 weights from a
 local file, ``classification.finetune_from`` a checkpoint with the head replaced, ``classification.freeze``) ->
 loss (categorical cross-entropy with optional 'balanced' class weights; MSE/MAE for regression) -> trainer
 (reduce-on-plateau, early stopping with the best weights restored) -> evaluation: kappa, accuracy, per-class
 precision/recall/F1, macro AUC, confusion matrix, per-sample predictions with probabilities, report.html.
+
+DLAE HDF5 (``data.format: hdf5``, manual 2.5): ``data.train_x``/``train_y`` (and ``val_x``/``val_y``,
+``test_x``/``test_y``) hold one 2D (rows, cols[, ch]) or 3D (rows, cols, slices[, ch]) image per dataset '0'..'n-1'
+and its annotation: a class id (shape (1,)) or a one-hot vector for classification, a float vector for regression.
+Images are used at their stored size (no zoom; DLAE resized nothing). Per sample, in DLAE's order: HU clip (only when
+``preprocessing.hu_window`` is set), repeat channels, centring / standardisation, ZCA, then (training only) the
+augmentation, then the normalization (a ``*_xy`` kind acts on the image only: DLAE's CNNs never scale y). Without
+validation files the validation samples are DLAE's seeded split of the training file
+(:func:`ctdl.data.hdf5_dataset.hdf5_split_ids`). Whether samples are 2D or 3D follows the network (the layer list's
+Input rank or the registered model's dims), else ``sampling.mode``.
 
 Also :func:`run_strategies`: runs a sweep file of this task (e.g. ``recipes/viptt_strategies.yaml``) and prints
 the Table-1-shaped table, for use until the generic ``ctdl sweep`` is available.
@@ -46,7 +56,8 @@ class Sample:
     path: Path
     target: Any
     split: str | None = None
-    kind: str = "volume"  # volume | clip
+    kind: str = "volume"  # volume | clip | hdf5
+    index: int | None = None  # hdf5: the dataset name ('0'..'n-1') in the image file ``path``
 
 
 # -- samples ---------------------------------------------------------------------------------
@@ -154,8 +165,11 @@ def resolve_samples(cfg: ExperimentConfig, progress: bool = True) -> tuple[list[
         classes = _class_names(cfg, found, str(root))
         samples = [Sample(f"{cls}/{_stem(p)}", p, classes.index(cls), None, kind) for cls, p in pairs]
         return samples, classes
+    if fmt == "hdf5":
+        samples, _ = hdf5_samples(cfg)
+        return samples, list(d.classes)
     raise ConfigError(f"data.format '{fmt}' is not a classification dataset "
-                      "(use manifest, class_folders, video, synthetic_tb or synthetic_video)")
+                      "(use manifest, class_folders, video, hdf5, synthetic_tb or synthetic_video)")
 
 
 def _manifest_samples(path: Path, classes: list[str], base: int, regression: bool) -> list[Sample]:
@@ -187,6 +201,13 @@ def make_split(cfg: ExperimentConfig, samples: list[Sample]) -> dict[str, list[s
         if bad:
             raise ConfigError(f"data.split: unknown sample ids {bad[:10]}")
         return split
+    if cfg.data.format == "hdf5":  # separate validation/test files, else DLAE's seeded split of the training file
+        from ctdl.data.hdf5_dataset import hdf5_split_ids
+
+        by_part: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        for x in samples:
+            by_part[x.split or "train"].append(x.sample_id)
+        return hdf5_split_ids(cfg, by_part)
     fixed = {"train": [], "val": [], "test": []}  # type: dict[str, list[str]]
     free = []
     for x in samples:
@@ -208,10 +229,10 @@ def _prep_key(cfg: ExperimentConfig) -> str:
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _normalize(arr: np.ndarray, cfg: ExperimentConfig) -> np.ndarray:
+def _normalize(arr: np.ndarray, cfg: ExperimentConfig, kind: str | None = None) -> np.ndarray:
     from ctdl.data import preprocess as pp
 
-    kind = cfg.preprocessing.normalization
+    kind = cfg.preprocessing.normalization if kind is None else kind
     if kind == "zscore":
         return np.asarray(pp.zscore(arr), np.float32)
     if kind == "unity_minus_mean" or kind.endswith("_xy") and kind.startswith("global"):
@@ -279,12 +300,168 @@ class SampleStore:
                 self._memo_bytes += arr.nbytes
         return arr
 
+    def train_sample(self, sample_id: str, aug: Any, seed: int) -> np.ndarray:
+        """The cached input with the training augmentation (drawn from ``seed``) applied."""
+        x = self[sample_id]
+        return x if aug is None else _augment(aug, x, seed)
+
 
 def _mtime(p: Path) -> float:
     try:
         return p.stat().st_mtime
     except OSError:
         return 0.0
+
+
+# -- DLAE HDF5 (data.format: hdf5) ------------------------------------------------------------
+_HDF5_PARTS = (("train", "train_x"), ("val", "val_x"), ("test", "test_x"))
+
+
+def hdf5_context(cfg: ExperimentConfig) -> str:
+    """'2D' or '3D' samples: the network's input rank (layer list Input entry, registered model dims), else
+    ``sampling.mode`` (slices2d = 2D). DLAE's own switch (image_context) decides the layer list's Input rank."""
+    if cfg.model.layers:
+        from ctdl.models.layerlist import parse_layer_list
+
+        shape = parse_layer_list(list(cfg.model.layers))[0].shape  # type: ignore[attr-defined]
+        return "2D" if len(shape) == 3 else "3D"
+    try:
+        from ctdl.models import model_info
+
+        dims = model_info(cfg.model.name).get("dims")
+    except Exception:  # an unknown name fails later, in build_model, with the registry's message
+        dims = None
+    if dims in (2, 3):
+        return f"{dims}D"
+    return "2D" if cfg.sampling.mode == "slices2d" else "3D"
+
+
+def hdf5_samples(cfg: ExperimentConfig) -> tuple[list[Sample], dict[str, np.ndarray]]:
+    """Samples of the DLAE HDF5 files (ids ``<part>_<i:05d>``, split = the file's part) and their channels-first
+    images as stored (:func:`ctdl.data.hdf5_dataset.load_hdf5_arrays`; one-hot labels become class ids)."""
+    from ctdl.data.hdf5_dataset import load_hdf5_arrays
+
+    d = cfg.data
+    if d.train_x is None or d.train_y is None:
+        raise ConfigError("data.train_x and data.train_y are required for data.format hdf5 (DLAE image and "
+                          "annotation files)")
+    if cfg.preprocessing.zoom_shape is not None:
+        raise ConfigError("preprocessing.zoom_shape: DLAE HDF5 samples are used at their stored size (DLAE resized "
+                          "nothing); leave zoom_shape unset and write the files at the network's input size")
+    regression = cfg.task == "regression"
+    model = "cnn_regression" if regression else "cnn_classification"
+    ctx = hdf5_context(cfg)
+    samples: list[Sample] = []
+    arrays: dict[str, np.ndarray] = {}
+    for part, kx in _HDF5_PARTS:
+        for i, (x, y) in enumerate(load_hdf5_arrays(cfg, part, model, context=ctx)):
+            sid = f"{part}_{i:05d}"
+            target: Any = [float(v) for v in np.asarray(y).reshape(-1)] if regression else int(np.asarray(y).reshape(-1)[0])
+            samples.append(Sample(sid, Path(getattr(d, kx)), target, part, "hdf5", i))
+            arrays[sid] = x
+    if not samples:
+        raise InputError(f"{d.train_x}: no samples (data.train_x)")
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) > 1:
+        raise InputError(f"{d.train_x} (data.train_x and the validation/test files): images have different shapes "
+                         f"{sorted(shapes)[:5]}; a DLAE network takes one input size")
+    if regression and len({len(s.target) for s in samples}) != 1:
+        raise InputError(f"{d.train_y} (data.train_y and the validation/test files): regression targets have "
+                         f"different lengths {sorted({len(s.target) for s in samples})}")
+    return samples, arrays
+
+
+class Hdf5Store:
+    """Images of DLAE HDF5 samples, kept as stored (channels-first) and preprocessed on access in DLAE's order:
+    HU clip (when ``preprocessing.hu_window`` is set), repeat channels, centring / standardisation, ZCA
+    (:func:`ctdl.data.dlae_transforms.dlae_sample_chain`), [augmentation, training only], normalization.
+
+    ``store[id]`` is the network input without augmentation; :meth:`train_sample` applies the augmentation
+    between the per-sample chain and the normalization, as DLAE did.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, arrays: dict[str, np.ndarray]) -> None:
+        p = cfg.preprocessing
+        kind = p.normalization
+        if kind == "unity_minus_mean":
+            raise ConfigError("preprocessing.normalization 'unity_minus_mean' is not supported for classification "
+                              "(use a DLAE kind: samplewise_*, global_* with intensity_range, zscore or none)")
+        if kind.endswith("_xy"):
+            kind = kind[:-3] + "_x"  # DLAE's CNNs never scale y: *_xy acts on the image only
+        if kind.startswith("global") and p.intensity_range is None:
+            raise ConfigError(f"preprocessing.intensity_range: normalization '{p.normalization}' needs the images' "
+                              "[min, max] (DLAE minimum/maximum_image_intensity)")
+        self.cfg, self.kind, self.arrays = cfg, kind, arrays
+        self._memo: dict[str, np.ndarray] = {}
+        self._memo_bytes, self._memo_limit = 0, 2 * 1024**3
+
+    @property
+    def channels(self) -> int:
+        """Network input channels: the stored channels times ``preprocessing.repeat_channels``."""
+        first = next(iter(self.arrays.values()))
+        return int(first.shape[0]) * self.cfg.preprocessing.repeat_channels
+
+    def base(self, sample_id: str) -> np.ndarray:
+        """The sample before augmentation and normalization (float32, channels-first)."""
+        out = self._memo.get(sample_id)
+        if out is None:
+            from ctdl.data.dlae_transforms import dlae_sample_chain
+            from ctdl.data.preprocess import clip_hu, resolve_window
+
+            p = self.cfg.preprocessing
+            x = np.asarray(self.arrays[sample_id], np.float32)
+            if p.hu_window is not None:
+                x = np.asarray(clip_hu(x, resolve_window(p.hu_window)), np.float32)
+            out = dlae_sample_chain(x, p.repeat_channels, p.center, p.std_normalize, p.zca_epsilon)
+            if self._memo_bytes + out.nbytes <= self._memo_limit:
+                self._memo[sample_id] = out
+                self._memo_bytes += out.nbytes
+        return out
+
+    def finish(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(_normalize(np.asarray(x, np.float32), self.cfg, self.kind), dtype=np.float32)
+
+    def __getitem__(self, sample_id: str) -> np.ndarray:
+        return self.finish(self.base(sample_id))
+
+    def train_sample(self, sample_id: str, aug: Any, seed: int) -> np.ndarray:
+        x = self.base(sample_id)
+        if aug is not None:
+            x = _augment(aug, x, seed)
+        return self.finish(x)
+
+
+class _WithDepth:
+    """Runs (C, D, H, W) image transforms on a 2D (C, H, W) sample as a one-slice volume."""
+
+    def __init__(self, aug: Any) -> None:
+        self.aug = aug
+
+    def set_random_state(self, seed: int | None = None, state: Any = None) -> "_WithDepth":
+        self.aug.set_random_state(seed=seed)
+        return self
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        out = self.aug({"image": np.asarray(data["image"])[:, None]})
+        return {"image": np.asarray(out["image"])[:, 0]}
+
+
+def build_hdf5_augmentation(cfg: ExperimentConfig, context: str) -> Any:
+    """Training augmentation of HDF5 samples: DLAE's affine (``augmentation.affine: dlae``, 2D and slice by slice
+    in 3D), else the MONAI image transforms of :func:`build_image_augmentation` (2D samples as one-slice volumes)."""
+    if not cfg.augmentation.enabled:
+        return None
+    if cfg.augmentation.affine == "dlae":
+        from ctdl.data.dlae_transforms import build_dlae_augmentation
+
+        return build_dlae_augmentation(cfg.augmentation)
+    aug = build_image_augmentation(cfg)
+    return _WithDepth(aug) if aug is not None and context == "2D" else aug
+
+
+def _augment(aug: Any, x: np.ndarray, seed: int) -> np.ndarray:
+    aug.set_random_state(seed=int(seed))
+    return np.asarray(aug({"image": x})["image"], dtype=np.float32)
 
 
 # -- augmentation / loading ------------------------------------------------------------------
@@ -317,7 +494,7 @@ def build_image_augmentation(cfg: ExperimentConfig) -> Any:
 class EpochBatches:
     """The batches of one epoch; order and augmentation depend only on (seed, epoch), so resumes are exact."""
 
-    def __init__(self, store: SampleStore, samples: list[Sample], batch_size: int, seed: int, epoch: int,
+    def __init__(self, store: "SampleStore | Hdf5Store", samples: list[Sample], batch_size: int, seed: int, epoch: int,
                  shuffle: bool, aug: Any, regression: bool, rounds: int = 1) -> None:
         from ctdl.engine.trainer import epoch_seed
 
@@ -338,12 +515,8 @@ class EpochBatches:
         for idx in self.batches:
             xs = []
             for i in idx:
-                x = self.store[self.samples[i].sample_id]
-                if self.aug is not None:
-                    self.aug.set_random_state(seed=int(self.aug_seeds[k]))
-                    x = np.asarray(self.aug({"image": x})["image"], dtype=np.float32)
+                xs.append(self.store.train_sample(self.samples[i].sample_id, self.aug, int(self.aug_seeds[k])))
                 k += 1
-                xs.append(x)
             targets = [self.samples[i].target for i in idx]
             y = torch.tensor(targets, dtype=torch.float32 if self.regression else torch.long)
             yield torch.from_numpy(np.stack(xs)), y
@@ -410,12 +583,27 @@ def load_finetune(model: torch.nn.Module, path: str | Path, replace_head: bool =
     return info
 
 
-def build_model(cfg: ExperimentConfig, out_channels: int) -> torch.nn.Module:
-    """Model from the registry with the input channels and output count of this task."""
+def build_model(cfg: ExperimentConfig, out_channels: int, in_channels: int | None = None) -> torch.nn.Module:
+    """Model from the registry, or the DLAE layer list in ``model.layers``, with this task's input channels
+    (``model.in_channels``, else ``in_channels``: what the data holds, else 1) and output count."""
+    in_ch = cfg.model.in_channels or in_channels or 1
+    if cfg.model.layers:
+        from ctdl.models.layerlist import build_layer_list
+
+        net = build_layer_list(list(cfg.model.layers), in_channels=in_ch, logits=cfg.task != "regression")
+        if tuple(net.output_shape) != (out_channels,):
+            what = "values per target vector" if cfg.task == "regression" else "classes (data.classes)"
+            raise ConfigError(f"model.layers: the list ends in an output of shape {tuple(net.output_shape)}, but the "
+                              f"data has {out_channels} {what}; the last Dense entry must be Dense:{out_channels}")
+        if net.dims == 3:  # layer lists take (C, rows, cols, slices); ctdl's 3D samples are (C, D, H, W)
+            from ctdl.tasks.gan import LayerListAdapter
+
+            return LayerListAdapter(net, 3)
+        return net
     from ctdl.models import create_model
 
     params = dict(cfg.model.params)
-    params.setdefault("in_channels", cfg.model.in_channels or 1)
+    params.setdefault("in_channels", in_ch)
     params.setdefault("out_channels", out_channels)
     return create_model(cfg.model.name, **params)
 
@@ -496,6 +684,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
 
     t0 = time.time()
     regression = cfg.task == "regression"
+    if cfg.training.monitor.startswith("val_dice"):  # the schema's default is segmentation's; DLAE watched val_loss
+        log.info("training.monitor '%s' is a segmentation metric: monitoring val_loss (min)", cfg.training.monitor)
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"monitor": "val_loss",
+                                                                                  "monitor_mode": "min"})})
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -505,7 +697,12 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     device = _device(cfg.training.device)
     timing: dict[str, float] = {}
 
-    samples, classes = resolve_samples(cfg, progress)
+    hdf5 = cfg.data.format == "hdf5"
+    if hdf5:
+        samples, arrays = hdf5_samples(cfg)
+        classes = list(cfg.data.classes)
+    else:
+        samples, classes = resolve_samples(cfg, progress)
     split = make_split(cfg, samples)
     from ctdl.data.splits import save_split
 
@@ -516,12 +713,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     if not train_s:
         raise ConfigError("data.split: the training split is empty")
     t1 = time.time()
-    store = SampleStore(cfg, samples, progress)
+    store: SampleStore | Hdf5Store = Hdf5Store(cfg, arrays) if hdf5 else SampleStore(cfg, samples, progress)
     timing["preprocess_s"] = round(time.time() - t1, 1)
+    in_channels = store.channels if isinstance(store, Hdf5Store) else None
 
     n_out = len(train_s[0].target) if regression else len(classes)
     seed_everything(cfg.seed, cfg.training.deterministic)  # the model's init does not depend on the data step
-    model = build_model(cfg, n_out)
+    model = build_model(cfg, n_out, in_channels)
     extra: dict[str, Any] = {}
     if cfg.model.pretrained:
         load_pretrained(model, cfg.model.pretrained)
@@ -538,7 +736,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     monitor = cfg.training.monitor if val_s else "train_loss"
     mode = cfg.training.monitor_mode if val_s else "min"
     scheduler = build_scheduler(cfg.schedule, optimizer, cfg.training.epochs, mode=mode)
-    aug = build_image_augmentation(cfg)
+    aug = build_hdf5_augmentation(cfg, hdf5_context(cfg)) if hdf5 else build_image_augmentation(cfg)
 
     def loader(epoch: int) -> EpochBatches:
         return EpochBatches(store, train_s, cfg.training.batch_size, cfg.seed, epoch, cfg.training.shuffle, aug,
@@ -549,7 +747,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                       cfg.training.batch_size, regression, val_loss_fn, short=True)
 
     meta = {"config": config_to_dict(cfg), "classes": classes, "task": cfg.task, "class_weights": weights,
-            "split": split, "n_outputs": n_out, **extra}
+            "split": split, "n_outputs": n_out, "in_channels": in_channels, **extra}
     trainer = Trainer(
         model, optimizer, scheduler, loss_fn, loader, validate if val_s else None, run_dir, cfg.training.epochs,
         callbacks=default_callbacks(cfg, run_dir, progress=progress), device=device, grad_clip=cfg.training.grad_clip,
@@ -659,9 +857,9 @@ def write_evaluation(run_dir: Path, samples: list[Sample], out: np.ndarray, clas
 
 # -- prediction ------------------------------------------------------------------------------
 def predict_paths(model: str | Path, inputs: str | Path, output: str | Path, device: str = "auto") -> list[Path]:
-    """`ctdl predict` for classifiers: a volume, a clip, or a folder of them -> one CSV of classes + probabilities."""
+    """`ctdl predict` for classifiers: a volume, a clip, a folder of them, or a DLAE HDF5 image file -> one CSV of
+    classes + probabilities (regression: the predicted vectors)."""
     from ctdl.engine.trainer import load_checkpoint
-    from ctdl.io.atomic import atomic_path
     from ctdl.io.video import VIDEO_EXTS, is_clip
 
     dev = _device(device)
@@ -673,12 +871,21 @@ def predict_paths(model: str | Path, inputs: str | Path, output: str | Path, dev
     cfg = config_from_dict(meta["config"], f"{ckpt_path}:meta.config")
     classes = list(meta.get("classes") or cfg.data.classes)
     regression = cfg.task == "regression"
-    net = build_model(cfg, int(meta.get("n_outputs") or len(classes)))
+    net = build_model(cfg, int(meta.get("n_outputs") or len(classes)), meta.get("in_channels"))
     net.load_state_dict(ckpt["model"])
     net.to(dev)
     src = Path(inputs)
     if not src.exists():
         raise InputError(f"{src}: input not found")
+    if src.is_file() and src.name.lower().endswith((".h5", ".hdf5")):  # a DLAE image file: one row per dataset
+        from ctdl.io.hdf5 import dlae_sample_channels_first, read_dlae_hdf5
+
+        ctx = hdf5_context(cfg)
+        raw = {str(i): dlae_sample_channels_first(a, ctx) for i, a in enumerate(read_dlae_hdf5(src))}
+        h5_store = Hdf5Store(cfg, raw)
+        samples = [Sample(sid, src, 0 if not regression else [], None, "hdf5", int(sid)) for sid in raw]
+        out = predict_arrays(net, [h5_store[s.sample_id] for s in samples], dev, 2, regression)
+        return [_write_predictions(Path(output), samples, out, classes, regression)]
     clip_mode = cfg.data.format in VIDEO_FORMATS
 
     def as_sample(p: Path) -> Sample:
@@ -694,8 +901,15 @@ def predict_paths(model: str | Path, inputs: str | Path, output: str | Path, dev
     samples = [as_sample(p) for p in items]
     arrays = [prepare_array(s, cfg) for s in tqdm(samples, desc="predict", disable=None if len(samples) > 1 else True)]
     out = predict_arrays(net, arrays, dev, 2, regression)
-    dst = Path(output)
-    dst = dst if dst.suffix.lower() == ".csv" else dst / "predictions.csv"
+    return [_write_predictions(Path(output), samples, out, classes, regression)]
+
+
+def _write_predictions(output: Path, samples: Sequence[Sample], out: np.ndarray, classes: list[str],
+                       regression: bool) -> Path:
+    """``ctdl predict``'s CSV (``output`` itself when it ends in .csv, else ``output/predictions.csv``), atomically."""
+    from ctdl.io.atomic import atomic_path
+
+    dst = output if output.suffix.lower() == ".csv" else output / "predictions.csv"
     with atomic_path(dst) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
@@ -707,7 +921,7 @@ def predict_paths(model: str | Path, inputs: str | Path, output: str | Path, dev
                 w.writerow(["sample_id", "path", "pred"] + [f"prob_{c}" for c in classes])
                 for s, row in zip(samples, out):
                     w.writerow([s.sample_id, s.path, classes[int(row.argmax())], *(f"{v:.6f}" for v in row)])
-    return [dst]
+    return dst
 
 
 # -- strategies (until `ctdl sweep` lands) ---------------------------------------------------

@@ -17,6 +17,25 @@ bit on CPU, as one left to run; ``history.csv`` holds each loss averaged over al
 batch, DLAE bug 21); TensorBoard scalars; a tqdm bar; a preview PNG per epoch. Fixed DLAE GAN bugs: short last
 batches work (targets are ``ones_like`` the D map), the optimizer *type* of each network is used (bug 10), the
 reported identity loss is the sum of both identity terms, least squares and BCE are both available (bug 27).
+
+Intensities (:class:`IntensityMap`): the generators end in tanh, so sources and targets are mapped to [-1, 1] and
+generated images back. With ``preprocessing.hu_window`` set, both are clipped to that HU window (CT). Without one
+(DLAE configs import with ``hu_window: null``; HDF5 pairs are not necessarily HU) the range comes from the data:
+
+* ``samplewise_*`` normalization (DLAE's per-sample min/max): every source by its own min/max; targets by their own
+  min/max for ``*_xy``, else by the training targets' min/max (DLAE left y alone for ``*_x``, which a tanh cannot
+  reach);
+* ``global_*``: sources by ``preprocessing.intensity_range``, targets by ``label_range`` for ``*_xy``; a range not
+  given, and the targets of ``*_x``, use the training data's min/max;
+* anything else (``none``, ``zscore``...): the min/max over all training sources, and over all training targets.
+
+``unity`` and ``negpos`` kinds map alike: to [-1, 1], the tanh's range (a unity target in [0, 1] would leave half
+the output unused). The data ranges are computed once from the training split, written to the checkpoint meta
+(``meta.intensity``) and used by ``ctdl predict``; generated images are mapped back with the target range (the
+training targets' min/max when targets were scaled per sample: a new input's target is unknown). Values outside a
+range are clipped to it; a constant sample (min = max) maps to -1. HDF5 pairs: without validation / test files the
+validation (and test) samples are DLAE's seeded split of the training file, and 2D samples train whole, as DLAE did
+(``sampling.patch_size`` applies to 3D patches and to other data formats).
 """
 
 from __future__ import annotations
@@ -28,6 +47,7 @@ import logging
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -49,6 +69,130 @@ log = logging.getLogger("ctdl")
 CHECKPOINT_FORMAT = "ctdl.gan_checkpoint"
 
 
+# -- intensities ----------------------------------------------------------------------------------------------------
+UNIT_WINDOW = (-1.0, 1.0)  # arrays already in the generator's range pass PairSampler's window mapping unchanged
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """Source/target intensities <-> the generator's [-1, 1] (see the module docstring for how it is chosen).
+
+    ``source`` / ``target``: the (min, max) each domain is mapped with (the HU window for ``origin`` 'hu_window');
+    ``per_sample``: (source, target) scaled by each array's own min/max instead (the stored range then only
+    serves to map generated images back and to score them).
+    """
+
+    source: tuple[float, float]
+    target: tuple[float, float]
+    origin: str = "hu_window"  # hu_window | a normalization kind | data
+    per_sample: tuple[bool, bool] = (False, False)
+
+    @property
+    def is_window(self) -> bool:
+        return self.origin == "hu_window"
+
+    def range(self, role: str) -> tuple[float, float]:
+        if role not in ("source", "target"):
+            raise ValueError(f"role must be 'source' or 'target', got {role!r}")
+        return self.source if role == "source" else self.target
+
+    def to_unit(self, arr: np.ndarray, role: str = "source") -> np.ndarray:
+        """An array of ``role``'s domain in [-1, 1]: min -> -1, max -> +1 exactly (float32)."""
+        lo, hi = self.range(role)
+        if self.is_window:
+            return to_unit(arr, (lo, hi))
+        a = np.asarray(arr, np.float64)
+        if self.per_sample[0 if role == "source" else 1] and a.size:
+            lo, hi = float(a.min()), float(a.max())
+        if not hi > lo:
+            return np.full(a.shape, -1.0, np.float32)
+        return ((np.clip(a, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
+
+    def from_unit(self, z: np.ndarray, role: str = "target") -> np.ndarray:
+        """Inverse of :meth:`to_unit` with ``role``'s stored range: -1 -> min, +1 -> max exactly (float32)."""
+        lo, hi = self.range(role)
+        if self.is_window:
+            return from_unit(z, (lo, hi))
+        t = (np.clip(np.asarray(z, np.float64), -1.0, 1.0) + 1.0) / 2.0
+        return (lo * (1.0 - t) + hi * t).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": list(self.source), "target": list(self.target), "origin": self.origin,
+                "per_sample": list(self.per_sample)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "IntensityMap":
+        return cls(tuple(float(v) for v in d["source"]), tuple(float(v) for v in d["target"]),  # type: ignore[arg-type]
+                   str(d.get("origin", "data")), tuple(bool(v) for v in d.get("per_sample", (False, False))))  # type: ignore[arg-type]
+
+
+def _data_range(arrays: Iterable[Optional[np.ndarray]], what: str) -> tuple[float, float]:
+    lo, hi = math.inf, -math.inf
+    for a in arrays:
+        if a is None or not np.size(a):
+            continue
+        a = np.asarray(a)
+        if not np.all(np.isfinite(a)):
+            raise InputError(f"{what}: the training data hold NaN or infinite values; cannot derive an intensity range")
+        lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+    if not math.isfinite(lo):
+        raise InputError(f"{what}: no training data to derive an intensity range from")
+    return lo, hi
+
+
+def intensity_map(cfg: ExperimentConfig, train_cases: Sequence[PairCase]) -> IntensityMap:
+    """The intensity mapping of a run: the HU window when set, else derived from the config's normalization and
+    the training cases' sources and targets (module docstring)."""
+    p = cfg.preprocessing
+    if p.hu_window is not None:
+        w = hu_window(cfg)
+        return IntensityMap(w, w, "hu_window")
+    src = _data_range((c.source.array for c in train_cases), "data.train_x (GAN sources)")
+    targets = [c.target.array for c in train_cases if c.target is not None]
+    tgt = _data_range(targets, "data.train_y (GAN targets)") if targets else src
+    kind = p.normalization
+    if kind.startswith("samplewise"):
+        return IntensityMap(src, tgt, kind, (True, kind.endswith("_xy")))
+    if kind.startswith("global"):
+        s_rng = tuple(float(v) for v in p.intensity_range) if p.intensity_range is not None else src
+        t_rng = tuple(float(v) for v in p.label_range) if kind.endswith("_xy") and p.label_range is not None else tgt
+        return IntensityMap(s_rng, t_rng, kind)  # type: ignore[arg-type]
+    return IntensityMap(src, tgt, "data")
+
+
+def window_intensity(cfg: ExperimentConfig) -> IntensityMap:
+    """The HU-window mapping of a config (checkpoints written before ``meta.intensity`` existed)."""
+    w = hu_window(cfg)
+    return IntensityMap(w, w, "hu_window")
+
+
+def _hdf5_split(cfg: ExperimentConfig, parts: dict[str, list[PairCase]]) -> dict[str, list[PairCase]]:
+    """DLAE's seeded validation (and test) split of the training file when no such files are given
+    (:func:`ctdl.data.hdf5_dataset.hdf5_split_ids`); ``data.split.train_cases`` lists win."""
+    from ctdl.data.hdf5_dataset import hdf5_split_ids
+
+    by_id = {c.case_id: c for v in parts.values() for c in v}
+    s = cfg.data.split
+    if s.train_cases is not None:
+        split = {"train": list(s.train_cases), "val": list(s.val_cases or []), "test": list(s.test_cases or [])}
+        unknown = [i for v in split.values() for i in v if i not in by_id]
+        if unknown:
+            raise ConfigError(f"data.split: unknown case ids {unknown[:10]} (HDF5 samples are train_00000, ...)")
+    else:
+        split = hdf5_split_ids(cfg, {k: [c.case_id for c in v] for k, v in parts.items()})
+    return {k: [by_id[i] for i in split.get(k, [])] for k in ("train", "val", "test")}
+
+
+def _unit_cases(cases: Sequence[PairCase], imap: IntensityMap) -> list[PairCase]:
+    """Cases with source and target already in [-1, 1] (for PairSampler with :data:`UNIT_WINDOW`)."""
+    out = []
+    for c in cases:
+        src = c.source.with_array(imap.to_unit(c.source.array, "source"))
+        tgt = c.target.with_array(imap.to_unit(c.target.array, "target")) if c.target is not None else None
+        out.append(PairCase(c.case_id, src, tgt, c.label, dict(c.meta)))
+    return out
+
+
 # -- networks -------------------------------------------------------------------------------------------------------
 def task_dims(cfg: ExperimentConfig) -> int:
     """2 for ``sampling.mode: slices2d``, 3 for ``patch3d``."""
@@ -66,7 +210,7 @@ def _build_net(net: GanNetConfig, in_channels: int, out_channels: Optional[int],
             from ctdl.models import layerlist  # type: ignore[attr-defined]
         except ImportError as exc:
             raise ConfigError(f"gan.{what}.layers: DLAE layer lists need ctdl.models.layerlist, which this build lacks") from exc
-        return _LayerListNet(layerlist.build_layer_list(list(net.layers), dims=dims, in_channels=in_channels), dims)
+        return LayerListAdapter(layerlist.build_layer_list(list(net.layers), dims=dims, in_channels=in_channels), dims)
     from ctdl.models import create_model, model_info
 
     info = model_info(net.name)
@@ -82,14 +226,19 @@ def _build_net(net: GanNetConfig, in_channels: int, out_channels: Optional[int],
     return create_model(net.name, **params)
 
 
-class _LayerListNet(nn.Module):
+class LayerListAdapter(nn.Module):
     """A DLAE layer-list network in ctdl's layout: layer lists take 3D input as (C, rows, cols, slices), ctdl
-    volumes are (C, D, H, W), so 3D tensors are permuted on the way in and out."""
+    volumes are (C, D, H, W), so 3D tensors are permuted on the way in and out (also used by the classification
+    task for 3D layer lists). The list's L1/L2 penalties stay visible to the trainer."""
 
     def __init__(self, net: nn.Module, dims: int) -> None:
         super().__init__()
         self.net, self.dims = net, dims
         self.divisible_by = int(getattr(net, "divisible_by", 1) or 1)
+
+    def regularization_penalty(self) -> torch.Tensor:
+        penalty = getattr(self.net, "regularization_penalty", None)
+        return penalty() if callable(penalty) else torch.zeros(())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dims == 3:
@@ -170,7 +319,8 @@ class GanTrainer:
 
     def __init__(self, cfg: ExperimentConfig, nets: dict[str, nn.Module], sampler: PairSampler, run_dir: str | Path,
                  device: str | torch.device = "cpu", progress: bool = True, preview: Optional[PairCase] = None,
-                 val_fn: Any = None, meta: Optional[Mapping[str, Any]] = None) -> None:
+                 val_fn: Any = None, meta: Optional[Mapping[str, Any]] = None,
+                 intensity: Optional[IntensityMap] = None) -> None:
         from ctdl.engine.optimizers import build_optimizer
         from ctdl.engine.schedules import build_scheduler
         from ctdl.engine.trainer import resolve_device, to_plain
@@ -179,6 +329,7 @@ class GanTrainer:
 
         self.cfg, self.g = cfg, cfg.gan
         self.mode = cfg.gan.mode
+        self.intensity = intensity if intensity is not None else window_intensity(cfg)
         self.device = resolve_device(device)
         self.nets = {k: m.to(self.device) for k, m in nets.items()}
         self.sampler = sampler
@@ -407,9 +558,9 @@ class GanTrainer:
         reconstructions: x | G_xy x | G_yx G_xy x | y on the first row, y | G_yx y | G_xy G_yx y | x on the second)."""
         case = self.preview_case
         assert case is not None
-        window = hu_window(self.cfg)
-        src = to_unit(case.source.array, window)
-        tgt = to_unit(case.target.array, window) if case.target is not None else np.full_like(src, -1.0)
+        imap = self.intensity
+        src = imap.to_unit(case.source.array, "source")
+        tgt = imap.to_unit(case.target.array, "target") if case.target is not None else np.full_like(src, -1.0)
         z = src.shape[0] // 2
         dims = task_dims(self.cfg)
         for n in self.nets.values():
@@ -484,22 +635,31 @@ def _apply(model: nn.Module, vol_unit: np.ndarray, dims: int, cfg: ExperimentCon
     return out
 
 
-def translate_volume(model: nn.Module, cfg: ExperimentConfig, image: Volume, device: torch.device | str = "cpu") -> Volume:
-    """Source CT (HU) -> generated CT (HU, float32) on exactly the source's grid and geometry."""
-    window = hu_window(cfg)
-    gen = _apply(model, to_unit(image.array, window), task_dims(cfg), cfg, device)
-    out = image.with_array(from_unit(gen, window))
-    out.meta.update({"source": image.meta.get("source"), "generated_by": "ctdl gan", "hu_window": list(window)})
+def translate_volume(model: nn.Module, cfg: ExperimentConfig, image: Volume, device: torch.device | str = "cpu",
+                     intensity: Optional[IntensityMap] = None, direction: str = "forward") -> Volume:
+    """Source image -> generated image (float32, the target's units: HU with a window) on exactly the source's
+    grid and geometry. ``intensity``: the run's mapping (default: the config's HU window); ``direction``
+    'backward' (CycleGAN G_yx) reads a target-domain image and writes a source-domain one."""
+    imap = intensity if intensity is not None else window_intensity(cfg)
+    roles = ("source", "target") if direction == "forward" else ("target", "source")
+    gen = _apply(model, imap.to_unit(image.array, roles[0]), task_dims(cfg), cfg, device)
+    out = image.with_array(imap.from_unit(gen, roles[1]))
+    info: dict[str, Any] = {"hu_window": list(imap.source)} if imap.is_window else \
+        {"intensity_range": list(imap.range(roles[1])), "intensity_origin": imap.origin}
+    out.meta.update({"source": image.meta.get("source"), "generated_by": "ctdl gan", **info})
     return out
 
 
 class GanPredictor:
     """A trained generator with its config: reads a CT, translates it, writes NIfTI with the input's geometry."""
 
-    def __init__(self, model: nn.Module, cfg: ExperimentConfig, device: str = "cpu") -> None:
+    def __init__(self, model: nn.Module, cfg: ExperimentConfig, device: str = "cpu",
+                 intensity: Optional[IntensityMap] = None, direction: str = "forward") -> None:
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.device = device
+        self.intensity = intensity if intensity is not None else window_intensity(cfg)
+        self.direction = direction
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", direction: str = "forward") -> "GanPredictor":
@@ -521,10 +681,12 @@ class GanPredictor:
         if key not in saved and key == "G_yx":
             raise InputError(f"{path}: checkpoint has no G_yx generator for the backward direction")
         nets[key].load_state_dict(saved.get(key, ckpt["model"]))
-        return cls(nets[key], cfg, device)
+        imap = IntensityMap.from_dict(meta["intensity"]) if meta.get("intensity") else window_intensity(cfg)
+        return cls(nets[key], cfg, device, imap, "backward" if key == "G_yx" else "forward")
 
     def predict_file(self, src: str | Path, dst: str | Path) -> Path:
-        return write_volume(translate_volume(self.model, self.cfg, read_volume(src), self.device), dst)
+        return write_volume(translate_volume(self.model, self.cfg, read_volume(src), self.device, self.intensity,
+                                             self.direction), dst)
 
 
 def _device(name: str) -> str:
@@ -558,19 +720,22 @@ def _gaussian_baseline(source_hu: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(source_hu.astype(np.float32), (0, sigma, sigma), mode="nearest")
 
 
-def evaluate_case(cfg: ExperimentConfig, case: PairCase, generated: np.ndarray) -> dict[str, Any]:
+def evaluate_case(cfg: ExperimentConfig, case: PairCase, generated: np.ndarray,
+                  intensity: Optional[IntensityMap] = None) -> dict[str, Any]:
     """Metrics of one held-out case: generator vs target, the identity baseline (source vs target), the in-plane
-    Gaussian-filter baselines (denoising) and, when a label map is known, the kidney's mean HU (contrast)."""
+    Gaussian-filter baselines (denoising) and, when a label map is known, the kidney's mean HU (contrast).
+    Scored within the HU window, or the target range of a data-derived ``intensity`` (no body mask then)."""
     from ctdl.metrics.image import window_metrics
 
-    window = hu_window(cfg)
+    imap = intensity if intensity is not None else window_intensity(cfg)
+    window = imap.target
     dims = task_dims(cfg)
     row: dict[str, Any] = {"case_id": case.case_id}
     src = np.asarray(case.source.array, np.float32)
     body = None
     if case.target is not None:
         tgt = np.asarray(case.target.array, np.float32)
-        body = tgt > -500
+        body = tgt > -500 if imap.is_window else None
         row.update(window_metrics(generated, tgt, window, dims=dims, mask=body))
         row.update(window_metrics(src, tgt, window, dims=dims, mask=body, prefix="input_"))
         if cfg.gan.mode == "pix2pix":
@@ -589,19 +754,21 @@ def evaluate_case(cfg: ExperimentConfig, case: PairCase, generated: np.ndarray) 
     return row
 
 
-def _val_fn(cfg: ExperimentConfig, cases: list[PairCase], device: torch.device | str) -> Any:
-    """Validation PSNR / SSIM / MAE (HU) of the generator on whole validation volumes (paired data only)."""
+def _val_fn(cfg: ExperimentConfig, cases: list[PairCase], device: torch.device | str,
+            intensity: Optional[IntensityMap] = None) -> Any:
+    """Validation PSNR / SSIM / MAE (target units, HU with a window) of the generator on whole validation volumes
+    (paired data only)."""
     from ctdl.metrics.image import window_metrics
 
-    window = hu_window(cfg)
+    imap = intensity if intensity is not None else window_intensity(cfg)
     dims = task_dims(cfg)
     usable = [c for c in cases if c.target is not None]
 
     def run(model: nn.Module) -> dict[str, float]:
         rows = []
         for c in usable:
-            gen = from_unit(_apply(model, to_unit(c.source.array, window), dims, cfg, device), window)
-            rows.append(window_metrics(gen, np.asarray(c.target.array, np.float32), window, dims=dims))  # type: ignore[union-attr]
+            gen = imap.from_unit(_apply(model, imap.to_unit(c.source.array, "source"), dims, cfg, device), "target")
+            rows.append(window_metrics(gen, np.asarray(c.target.array, np.float32), imap.target, dims=dims))  # type: ignore[union-attr]
         return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
     return run if usable else None
@@ -627,26 +794,34 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     seed_everything(cfg.seed, cfg.training.deterministic)
     device = _device(cfg.training.device)
     dims = task_dims(cfg)
-    window = hu_window(cfg)
 
     parts = gan_cases(cfg, progress=progress)
+    if cfg.data.format == "hdf5":
+        parts = _hdf5_split(cfg, parts)
     save_split({k: [c.case_id for c in v] for k, v in parts.items()}, run_dir / "split.json")
     train_cases = parts["train"]
+    imap = intensity_map(cfg, train_cases)  # the HU window, or computed once from the training data
+    window = imap.source if imap.is_window else UNIT_WINDOW
+    if not imap.is_window:
+        train_cases = _unit_cases(train_cases, imap)
     if cfg.gan.mode == "pix2pix":
         src_cases, tgt_cases = train_cases, None
     elif cfg.data.format == "synthetic_kits":  # both phases exist for every phantom: use disjoint halves
         src_cases, tgt_cases = unpaired_halves(train_cases)
     else:
         src_cases, tgt_cases = train_cases, train_cases
-    sampler = PairSampler(src_cases, tgt_cases, window, dims, cfg.sampling.patch_size, cfg.training.batch_size,
+    patch = tuple(cfg.sampling.patch_size)
+    if cfg.data.format == "hdf5" and dims == 2:  # DLAE trains on whole samples (the stored size is the input size)
+        patch = (1, max(c.source.shape[1] for c in train_cases), max(c.source.shape[2] for c in train_cases))
+    sampler = PairSampler(src_cases, tgt_cases, window, dims, patch, cfg.training.batch_size,
                           cfg.seed, cfg.training.steps_per_epoch, cfg.sampling.samples_per_volume,
                           paired=cfg.gan.mode == "pix2pix", flip=cfg.augmentation.enabled and 2 in cfg.augmentation.flip_axes)
     nets = build_networks(cfg)
-    preview = (parts["val"] or parts["test"] or train_cases)[0]
-    meta = {"config": config_to_dict(cfg), "task": "gan", "hu_window": list(window),
-            "split": {k: [c.case_id for c in v] for k, v in parts.items()}}
-    val_fn = _val_fn(cfg, parts["val"], device) if cfg.gan.mode == "pix2pix" else None
-    trainer = GanTrainer(cfg, nets, sampler, run_dir, device, progress, preview, val_fn, meta)
+    preview = (parts["val"] or parts["test"] or parts["train"])[0]
+    meta = {"config": config_to_dict(cfg), "task": "gan", "hu_window": list(imap.source) if imap.is_window else None,
+            "intensity": imap.to_dict(), "split": {k: [c.case_id for c in v] for k, v in parts.items()}}
+    val_fn = _val_fn(cfg, parts["val"], device, imap) if cfg.gan.mode == "pix2pix" else None
+    trainer = GanTrainer(cfg, nets, sampler, run_dir, device, progress, preview, val_fn, meta, imap)
     last = run_dir / "last.pt"
     t1 = time.time()
     trainer.fit(resume_from=last if resume and last.exists() else None)
@@ -658,9 +833,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         gen = trainer._generator()
         rows = []
         for case in tqdm(parts["test"], desc="test", leave=False, disable=None if progress else True):
-            out = translate_volume(gen, cfg, case.source, device)
+            out = translate_volume(gen, cfg, case.source, device, imap)
             write_volume(out, run_dir / "predictions" / f"{case.case_id}.nii.gz")
-            rows.append(evaluate_case(cfg, case, np.asarray(out.array, np.float32)))
+            rows.append(evaluate_case(cfg, case, np.asarray(out.array, np.float32), imap))
         metrics = write_image_metrics(rows, run_dir, "metrics")
         metrics.update(_baseline_summary(cfg, metrics))
         timing["test_predict_eval_s"] = round(time.time() - t1, 1)
@@ -680,5 +855,5 @@ def _baseline_summary(cfg: ExperimentConfig, means: Mapping[str, float]) -> dict
     return {"gauss_best_sigma": best, **{f"gauss_best_{m}": means[f"gauss{best:g}_{m}"] for m in ("psnr", "ssim", "mae_hu")}}
 
 
-__all__ = ["GanPredictor", "GanTrainer", "ImagePool", "build_networks", "evaluate_case", "predict_paths", "train",
-           "translate_volume"]
+__all__ = ["GanPredictor", "GanTrainer", "ImagePool", "IntensityMap", "LayerListAdapter", "build_networks",
+           "evaluate_case", "intensity_map", "predict_paths", "train", "translate_volume", "window_intensity"]
