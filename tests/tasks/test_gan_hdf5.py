@@ -130,3 +130,27 @@ def test_hdf5_pairs_train_and_predict_with_the_stored_range(tmp_path: Path) -> N
     predictor.model = PlusOne()  # +1 must come back as the training targets' maximum, exactly
     out = read_volume(predictor.predict_file(tmp_path / "in.nii.gz", tmp_path / "one.nii.gz"))
     np.testing.assert_array_equal(out.array, np.full((1, 16, 16), tgt[1], np.float32))
+
+
+def test_layer_list_regularisers_enter_the_gan_update() -> None:
+    """DLAE GAN networks with L2 kernel regularisers: the penalty is part of each network's update (as Keras adds
+    ``model.losses``). With a task loss of zero only 0.5 * sum(w**2) has a gradient: SGD(lr 0.1) gives w * 0.9."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from ctdl.models.layerlist import build_layer_list
+    from ctdl.tasks.gan import GanTrainer, LayerListAdapter
+
+    net = LayerListAdapter(build_layer_list(
+        ["Input:(4, 4, 1)", "Convolution 2D:2:(3, 3):(1, 1):same:(1, 1):he_normal:l2:None:0.0:0.5"],
+        dims=2, in_channels=1), 2)
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
+    assert float(GanTrainer._penalty([net])) > 0 and GanTrainer._penalty([torch.nn.Conv2d(1, 1, 1)]) == 0.0
+    trainer = SimpleNamespace(optims={"G": torch.optim.SGD(net.parameters(), lr=0.1)}, grad_clip=None,
+                              _penalty=GanTrainer._penalty)
+    out = net(torch.zeros(1, 1, 4, 4))
+    GanTrainer._step(trainer, "G", (out * 0.0).sum(), [net])  # type: ignore[arg-type]
+    for k, v in net.named_parameters():
+        want = before[k] * 0.9 if v.dim() > 1 else before[k]  # kernels shrink, biases have no regulariser
+        assert torch.allclose(v.detach(), want, atol=1e-7), k

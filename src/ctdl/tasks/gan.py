@@ -364,9 +364,20 @@ class GanTrainer:
             for p in n.parameters():
                 p.requires_grad_(flag)
 
+    @staticmethod
+    def _penalty(nets: Sequence[nn.Module]) -> torch.Tensor | float:
+        """L1/L2 kernel and activity penalties of DLAE layer-list networks (0 for other networks)."""
+        total: torch.Tensor | float = 0.0
+        for n in nets:
+            fn = getattr(n, "regularization_penalty", None)
+            if callable(fn):
+                total = total + fn()
+        return total
+
     def _step(self, opt_key: str, loss: torch.Tensor, nets: Sequence[nn.Module]) -> None:
         opt = self.optims[opt_key]
         opt.zero_grad(set_to_none=True)
+        loss = loss + self._penalty(nets)  # layer lists' regularisers, as Keras adds model.losses
         loss.backward()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(list(chain(*(n.parameters() for n in nets))), self.grad_clip)
