@@ -116,3 +116,8 @@ def test_component_boxes_rules() -> None:
     boxes = component_boxes(m, margin=(1, 1, 1))
     assert boxes == [(slice(1, 5), slice(9, 19), slice(9, 19)), (slice(0, 4), slice(1, 6), slice(1, 6))]
     assert component_boxes(np.zeros((3, 3, 3))) == []
+    # size_hw is a minimum window: a component larger than it (kidney + big tumour) gets its extent plus margin
+    big = np.zeros((4, 40, 40), np.uint8)
+    big[1:3, 5:23, 10:16] = 1                            # 18 rows x 6 columns
+    (box,) = component_boxes(big, margin=(0, 1, 1), size_hw=(8, 8))
+    assert box == (slice(1, 3), slice(4, 24), slice(9, 17))  # rows grown to 18 + 2, columns keep 8

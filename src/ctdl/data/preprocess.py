@@ -779,9 +779,11 @@ def component_boxes(mask: np.ndarray, margin: int | Sequence[int] = 0, size_hw: 
     """One box per connected foreground component (largest first; e.g. one per kidney).
 
     Along the slice axis each box spans its component plus ``margin``; in-plane it is the component's box
-    plus margin, or (``size_hw``) a fixed rows x cols window centred on the component and moved inside the
-    volume (FCN-PPM: 150 x 150 around each kidney). Components smaller than ``min_fraction`` of the largest
-    are noise and get no box. Written here: MONAI's crop transforms take one foreground, not one per component.
+    plus margin, or (``size_hw``) a rows x cols window centred on the component and moved inside the
+    volume (FCN-PPM: 150 x 150 around each kidney). That window is a minimum: a component larger than it (a
+    kidney with a large exophytic tumour) gets a window of its own extent plus margin, so no crop cuts a kidney.
+    Components smaller than ``min_fraction`` of the largest are noise and get no box. Written here: MONAI's crop
+    transforms take one foreground, not one per component.
     """
     arr = np.asarray(mask)
     _check_3d(arr, "mask")
@@ -799,7 +801,8 @@ def component_boxes(mask: np.ndarray, margin: int | Sequence[int] = 0, size_hw: 
         for ax in (1, 2):
             s = box[ax]
             if size_hw is not None:
-                out.append(fixed_window((s.start + s.stop) / 2.0, int(size_hw[ax - 1]), arr.shape[ax]))
+                size = max(int(size_hw[ax - 1]), s.stop - s.start + 2 * marg[ax])  # grown to the component
+                out.append(fixed_window((s.start + s.stop) / 2.0, size, arr.shape[ax]))
             else:
                 out.append(slice(max(0, s.start - marg[ax]), min(arr.shape[ax], s.stop + marg[ax])))
         boxes.append(tuple(out))  # type: ignore[arg-type]
