@@ -67,7 +67,8 @@ def main() -> int:
             page.evaluate("window.ctdlSkipFull = true")
         t0 = time.time()
         page.click("#v-open")
-        page.wait_for_selector("body[data-viewer='preview']", timeout=120000)
+        # 'preview' lasts only until the full volume is decoded: either state means the first picture was shown
+        page.wait_for_selector("body[data-viewer='preview'], body[data-viewer='full']", timeout=120000)
         # the page's own clock (open clicked -> preview painted, two animation frames later); Playwright's
         # polling can lag behind it because the page's main thread then decodes the full volume
         first = page.evaluate("window.ctdlTimes.first_picture_s")

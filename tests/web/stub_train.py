@@ -1,4 +1,5 @@
-"""A stand-in for `ctdl train CONFIG --quiet` used by the web tests: follows the run-folder contract.
+"""A stand-in for `ctdl train CONFIG --quiet` used by the web API tests of the queue (test_app.py; the browser
+test starts a real run): follows the run-folder contract.
 
 Reads the config's output_dir/name, appends one history.csv row every STUB_EPOCH_S seconds for
 training.epochs epochs (loss falling as 1/(epoch+1)), then writes summary.json. With STUB_CHILD=1 it

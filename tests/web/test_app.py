@@ -474,6 +474,18 @@ def test_real_tiny_run_from_the_api(tmp_path: Path) -> None:
         assert (errs == 2).sum() == ((p > 0) & (p != t)).sum()
         assert (errs == 3).sum() == ((t > 0) & (p == 0)).sum()
         assert ((errs == 1) | (errs == 3)).sum() + ((errs == 2) & (t > 0)).sum() == (t > 0).sum()
+        # live validation previews: the validation case's CT once, one prediction per validation epoch
+        pv = c.get("/api/runs/tiny/previews").json()
+        assert pv["status"] == "finished" and pv["epochs"] == ["epoch_000", "epoch_001"]
+        (cid, item), = pv["cases"].items()
+        assert cid == json.loads((tmp_path / "runs" / "tiny" / "split.json").read_text())["val"][0]
+        ct = nib.Nifti1Image.from_bytes(gzip.decompress(c.get(f"/api/volume/runs/{item['ct']}").content))
+        for ep in pv["epochs"]:
+            pred = nib.Nifti1Image.from_bytes(gzip.decompress(c.get(f"/api/volume/runs/{item['predictions'][ep]}").content))
+            assert pred.get_data_dtype() == np.uint8 and pred.shape == ct.shape
+            assert np.allclose(pred.affine, ct.affine) and set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+        assert c.get("/api/runs/tiny/cases").json()["previews"]["epochs"] == pv["epochs"]
+        assert c.get("/api/runs/nope/previews").status_code == 404
 
 
 @pytest.mark.parametrize("name", ["v.nii.gz", "v.nii"])

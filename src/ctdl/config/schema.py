@@ -320,6 +320,8 @@ class InferenceConfig(Section):
 class EvaluationConfig(Section):
     kidney_includes_tumor: bool = Field(False, description="score 'kidney' as kidney+tumour (KiTS19 convention)")
     report_cases: int = Field(4, ge=0, description="cases shown as overlays in the HTML report")
+    previews: bool = Field(True, description="live validation previews: at each validation epoch save a downsampled "
+                           "prediction of the first validation case under <run>/previews/ (the web viewer's epoch slider)")
 
 
 class ModelConfig(Section):

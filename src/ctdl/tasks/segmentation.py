@@ -203,7 +203,8 @@ def postprocess_prediction(cfg: ExperimentConfig, labels: np.ndarray, probs: np.
                        fill_holes=pc.fill_holes)
 
 
-def validation_fn(cfg: ExperimentConfig, val: list[PreparedCase], device: str, weights: list[float] | None = None):
+def validation_fn(cfg: ExperimentConfig, val: list[PreparedCase], device: str, weights: list[float] | None = None,
+                  on_case: Any = None):
     """Per-class Dice (and Jaccard / the thesis' JC_w when listed in ``monitors.metrics``) on whole validation
     volumes; the trainer prefixes keys with ``val_``."""
     from ctdl.metrics.segmentation import dice, jaccard, weighted_jaccard
@@ -219,6 +220,8 @@ def validation_fn(cfg: ExperimentConfig, val: list[PreparedCase], device: str, w
         jcw: list[float] = []
         for case in val:
             labels, _ = predict_prepared(model, cfg, case.image, device)
+            if on_case is not None:  # live validation previews (ctdl.engine.previews)
+                on_case(case, labels)
             for k, n in enumerate(names[1:], start=1):
                 per_class[n].append(dice(labels, case.label, k))
                 if "jaccard" in wanted:
@@ -297,8 +300,13 @@ def _fit_stage(cfg: ExperimentConfig, run_dir: Path, train_cases: list[Case], va
     monitor = cfg.training.monitor if val_set else "train_loss"
     mode = cfg.training.monitor_mode if val_set else "min"
     callbacks = default_callbacks(cfg, run_dir, progress=progress)
+    from ctdl.engine.previews import validation_previews  # live validation previews for the web viewer
+
+    previews = validation_previews(cfg, val_set, run_dir)  # None when evaluation.previews is off
+    callbacks += [previews] if previews is not None else []
     trainer = Trainer(
-        model, optimizer, scheduler, loss_fn, sampler.epoch, validation_fn(cfg, val_set, device, weights), run_dir,
+        model, optimizer, scheduler, loss_fn, sampler.epoch,
+        validation_fn(cfg, val_set, device, weights, previews.record if previews is not None else None), run_dir,
         cfg.training.epochs, callbacks=callbacks, device=device, grad_clip=cfg.training.grad_clip,
         amp=cfg.training.amp, monitor=monitor, monitor_mode=mode, seed=cfg.seed,
         steps_per_epoch=len(sampler), val_every=cfg.training.val_every, progress=progress, checkpoint_meta=meta,
@@ -516,8 +524,9 @@ class Predictor:
     def _coarse_boxes(self, image: Volume, per_kidney: bool | None = None) -> list[tuple[slice, slice, slice]]:
         """Boxes (in ``image``'s own voxels) around the coarse localiser's foreground, plus the configured margin.
 
-        ``roi.per_kidney``: one box per connected component (kidney); ``roi.size_hw``: a fixed in-plane window
-        of that many voxels *at the fine model's spacing*, converted to this image's voxels, centred on each box.
+        ``roi.per_kidney``: one box per connected component (kidney); ``roi.size_hw``: an in-plane window of at
+        least that many voxels *at the fine model's spacing*, converted to this image's voxels, centred on each
+        box, and grown to the box plus margin where the component is larger (as in training's crops).
         """
         cmodel, ccfg, cpre = self.coarse  # type: ignore[misc]
         prep, cctx = cpre.prepare("input", image, None, None, use_label_roi=False)
@@ -542,7 +551,8 @@ class Predictor:
             if roi.enabled and roi.size_hw is not None:
                 sp = np.asarray(fine_sp if fine_sp is not None else image.spacing, float)
                 for ax in (1, 2):
-                    half = roi.size_hw[ax - 1] * sp[ax] / image.spacing[ax] / 2.0
+                    half = max(roi.size_hw[ax - 1] * sp[ax] / image.spacing[ax] / 2.0,
+                               (v_hi[ax] - v_lo[ax]) / 2.0)  # grown to the component plus margin
                     c = (vox[:, ax].min() + vox[:, ax].max()) / 2.0
                     v_lo[ax], v_hi[ax] = c - half, c + half
             box = tuple(slice(max(0, int(np.floor(a))), min(n, int(np.ceil(b)) + 1))

@@ -267,8 +267,24 @@ def create_app(runs_dir: str | Path, data_dirs: Sequence[str | Path] = (), token
             pred = d / "predictions" / f"{cid}.nii.gz"
             item["prediction"] = _locate(str(pred), manager.workdir) if pred.exists() else None
             out.append(item)
-        epochs = sorted(p.name for p in (d / "previews").iterdir()) if (d / "previews").is_dir() else []
-        return {"name": name, "columns": list(rows[0].keys()) if rows else [], "cases": out, "preview_epochs": epochs}
+        return {"name": name, "columns": list(rows[0].keys()) if rows else [], "cases": out,
+                "previews": _previews(d)}
+
+    def _previews(d: Path) -> dict[str, Any]:
+        from ctdl.engine.previews import list_previews
+
+        found = list_previews(d)
+        for cid, item in found["cases"].items():  # paths inside the runs root (/api/volume/runs/...)
+            item["ct"] = f"{d.name}/{item['ct']}"
+            item["predictions"] = {ep: f"{d.name}/previews/{ep}/{cid}.nii.gz" for ep in item["epochs"]}
+        return found
+
+    @app.get("/api/runs/{name}/previews")
+    def run_previews(name: str) -> dict[str, Any]:
+        """Live validation previews (``evaluation.previews``): the preview case's CT and one prediction per
+        validation epoch, as paths in the runs root; the list grows while the run trains."""
+        d = _run(name)
+        return {"name": name, "status": manager.status(d), **_previews(d)}
 
     def _locate(rel: str | None, base: Path) -> dict[str, str] | None:
         if not rel:

@@ -185,7 +185,7 @@ class RunManager:
             "epoch": int(epochs[-1]) if epochs and epochs[-1] is not None else None,
             "epochs": (cfg.get("training") or {}).get("epochs"),
             "monitor": monitor, "best": best, "metrics": summary.get("metrics") or {},
-            "has_report": (d / "report.html").exists(), "error": error,
+            "has_report": (d / "report.html").exists(), "has_previews": (d / "previews").is_dir(), "error": error,
             "queued_at": job.get("queued_at"), "started_at": job.get("started_at"),
             "mtime": max((p.stat().st_mtime for p in d.iterdir() if p.is_file()), default=0.0),
         }

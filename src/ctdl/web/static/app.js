@@ -253,6 +253,7 @@ function updateRunHeader(r) {
   rep.classList.toggle("hidden", !r.has_report);
   $("#run-cancel").classList.toggle("hidden", !["running", "queued"].includes(r.status));
   $("#run-cases").classList.toggle("hidden", r.status !== "finished");
+  $("#run-previews").classList.toggle("hidden", !r.has_previews);
 }
 async function openRun(name) {
   state.selected = name; state.compare = null;
@@ -320,12 +321,13 @@ async function openCases(name) {
   const render = () => {
     const rows = [...d.cases].sort((a, b) => ((a[sortKey] ?? -1e9) > (b[sortKey] ?? -1e9) ? 1 : -1) * (asc ? 1 : -1));
     table.querySelector("thead").replaceChildren(el("tr", {}, ...cols.map((c) => el("th", { onclick: () => { asc = sortKey === c ? !asc : true; sortKey = c; render(); } }, c + (c === sortKey ? (asc ? " ▲" : " ▼") : "")))));
-    table.querySelector("tbody").replaceChildren(...rows.map((r) => el("tr", { class: "case-row", onclick: () => openCaseInViewer(name, r, d.preview_epochs) }, ...cols.map((c) => el("td", {}, fmt(r[c], 3))))));
+    table.querySelector("tbody").replaceChildren(...rows.map((r) => el("tr", { class: "case-row", "data-case": r.case_id, onclick: () => openCaseInViewer(r) }, ...cols.map((c) => el("td", {}, fmt(r[c], 3))))));
   };
   render();
 }
-function openCaseInViewer(run, c, epochs) {
+function openCaseInViewer(c) {
   if (!c.image) { alert("the case's image is not inside the served folders"); return; }
+  stopPreviews();
   showTab("viewer");
   $("#v-root").value = c.image.root; $("#v-image").value = c.image.path;
   $("#v-overlay").value = c.prediction ? c.prediction.path : "";
@@ -333,16 +335,57 @@ function openCaseInViewer(run, c, epochs) {
   if (c.prediction && c.truth) overlays.push({ url: `/api/errormap?pred_root=${c.prediction.root}&pred=${encodeURIComponent(c.prediction.path)}&truth_root=${c.truth.root}&truth=${encodeURIComponent(c.truth.path)}`, name: "errors.nii.gz", lut: "errors" });
   else if (c.prediction) overlays.push({ root: c.prediction.root, path: c.prediction.path, lut: "labels" });
   openVolumes({ root: c.image.root, path: c.image.path }, overlays);
-  const wrap = $("#v-epoch-wrap");
-  wrap.classList.toggle("hidden", !(epochs && epochs.length));
-  if (epochs && epochs.length) {
-    const s = $("#v-epoch"); s.max = epochs.length - 1; s.value = epochs.length - 1;
-    s.oninput = () => {
-      const ep = epochs[+s.value]; $("#v-epoch-label").textContent = ep;
-      openVolumes({ root: c.image.root, path: c.image.path }, [{ root: "runs", path: `${run}/previews/${ep}/${c.case_id}.nii.gz`, lut: "labels" }]);
-    };
-  }
 }
+
+// Live validation previews (evaluation.previews): the validation case's CT (model grid, scaled to 0..255) with
+// the prediction of each validation epoch; an epoch slider picks one, new epochs join while the run trains.
+async function openPreviews(run) {
+  const d = await api(`/api/runs/${encodeURIComponent(run)}/previews`);
+  const [cid] = Object.keys(d.cases);
+  if (!cid || !d.cases[cid].epochs.length) { alert(`${run}: no validation previews yet`); return; }
+  stopPreviews();
+  state.previews = { run, cid, ...d.cases[cid], status: d.status, seq: 0 };
+  showTab("viewer");
+  $("#v-window").value = "0,255";
+  $("#v-root").value = "runs"; $("#v-image").value = state.previews.ct;
+  const s = $("#v-epoch");
+  $("#v-epoch-wrap").classList.remove("hidden");
+  setPreviewEpochs(state.previews.epochs, state.previews.predictions, true);
+  let timer = null;
+  s.oninput = () => { clearTimeout(timer); timer = setTimeout(() => showPreviewEpoch(+s.value), 120); };
+  state.previewPoll = setInterval(pollPreviews, 2000);
+}
+function setPreviewEpochs(epochs, predictions, jumpToLast) {
+  const p = state.previews, s = $("#v-epoch");
+  p.epochs = epochs; p.predictions = predictions;
+  s.max = epochs.length - 1;
+  s.dataset.epochs = epochs.join(",");
+  if (jumpToLast) { s.value = epochs.length - 1; showPreviewEpoch(epochs.length - 1); }
+  else $("#v-epoch-label").textContent = `${epochs[+s.value]} (of ${epochs.length})`;
+}
+async function showPreviewEpoch(i) {
+  const p = state.previews; if (!p) return;
+  const ep = p.epochs[i], seq = ++p.seq;
+  $("#v-epoch-label").textContent = `${ep} (of ${p.epochs.length})`;
+  $("#v-overlay").value = p.predictions[ep];
+  await openVolumes({ root: "runs", path: p.ct }, [{ root: "runs", path: p.predictions[ep], lut: "labels" }]);
+  if (state.previews === p && seq === p.seq) document.body.dataset.previewEpoch = ep;  // the last one asked for is shown
+}
+async function pollPreviews() {
+  const p = state.previews;
+  if (!p || document.body.dataset.tab !== "viewer") return;
+  const d = await api(`/api/runs/${encodeURIComponent(p.run)}/previews`).catch(() => null);
+  if (!d || state.previews !== p || !d.cases[p.cid]) return;
+  if (d.cases[p.cid].epochs.length !== p.epochs.length) setPreviewEpochs(d.cases[p.cid].epochs, d.cases[p.cid].predictions, false);
+  if (!["running", "queued"].includes(d.status)) stopPreviews(false);
+}
+function stopPreviews(hide = true) {
+  if (state.previewPoll) { clearInterval(state.previewPoll); state.previewPoll = null; }
+  if (!hide) return;
+  if (state.previews && $("#v-window").value === "0,255") $("#v-window").value = "-200,500";
+  state.previews = null; $("#v-epoch-wrap").classList.add("hidden"); delete document.body.dataset.previewEpoch;
+}
+$("#run-previews").onclick = () => openPreviews(state.selected);
 
 // ------------------------------------------------------------------ dataset check
 async function initRoots() {
@@ -455,7 +498,7 @@ function openFromInputs() {
   if (!image) { $("#v-msg").textContent = "give an image path"; return; }
   openVolumes({ root, path: image }, ov ? [{ root, path: ov, lut: "labels" }] : []);
 }
-$("#v-open").onclick = openFromInputs;
+$("#v-open").onclick = () => { stopPreviews(); openFromInputs(); };
 $("#v-window").onchange = () => { const nv = state.nv; if (!nv || !nv.volumes.length) return; const [lo, hi] = $("#v-window").value.split(",").map(Number); nv.volumes[0].cal_min = lo; nv.volumes[0].cal_max = hi; nv.updateGLVolume(); };
 $("#v-opacity").oninput = () => { const nv = state.nv; if (!nv) return; for (let i = 1; i < nv.volumes.length; i++) nv.setOpacity(i, +$("#v-opacity").value); };
 $("#v-slice").onchange = () => { initViewer(); state.nv.setSliceType(+$("#v-slice").value); };
