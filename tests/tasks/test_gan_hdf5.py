@@ -146,7 +146,7 @@ def test_layer_list_regularisers_enter_the_gan_update() -> None:
         ["Input:(4, 4, 1)", "Convolution 2D:2:(3, 3):(1, 1):same:(1, 1):he_normal:l2:None:0.0:0.5"],
         dims=2, in_channels=1), 2)
     before = {k: v.detach().clone() for k, v in net.named_parameters()}
-    assert float(GanTrainer._penalty([net])) > 0 and GanTrainer._penalty([torch.nn.Conv2d(1, 1, 1)]) == 0.0
+    assert float(GanTrainer._penalty([net]).detach()) > 0 and GanTrainer._penalty([torch.nn.Conv2d(1, 1, 1)]) == 0.0
     trainer = SimpleNamespace(optims={"G": torch.optim.SGD(net.parameters(), lr=0.1)}, grad_clip=None,
                               _penalty=GanTrainer._penalty)
     out = net(torch.zeros(1, 1, 4, 4))
