@@ -102,8 +102,9 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    if args._child:
-        res = run_mode(args._child, Path(args.run), work / "imaging.nii.gz", work / f"pred_{args._child}.nii.gz")
+    if args._child:  # the parent's phantom (phantom_<params hash>/imaging.nii.gz), found the same way
+        image, _ = make_phantom(Path(args.kits), work)
+        res = run_mode(args._child, Path(args.run), image, work / f"pred_{args._child}.nii.gz")
         print("RESULT " + json.dumps(res))
         return 0
 
@@ -112,7 +113,8 @@ def main() -> int:
     print(f"phantom: {image} ({time.time() - t:.1f} s to build or find)")
     results = {}
     for mode in args.modes:
-        proc = subprocess.run([sys.executable, __file__, "--run", args.run, "--work", str(work), "--_child", mode],
+        proc = subprocess.run([sys.executable, __file__, "--run", args.run, "--work", str(work), "--kits", args.kits,
+                               "--_child", mode],
                               capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
