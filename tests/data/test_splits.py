@@ -40,3 +40,15 @@ def test_errors_and_roundtrip(tmp_path) -> None:
     s = split_ids([str(i) for i in range(7)], seed=0)
     p = save_split(s, tmp_path / "split.json")
     assert load_split(p) == s
+
+
+def test_listed_split_checks_ids_against_the_dataset() -> None:
+    from ctdl.config.schema import SplitConfig
+    from ctdl.data.splits import listed_split
+    from ctdl.errors import ConfigError
+
+    assert listed_split(SplitConfig(), ["a", "b"]) is None  # no lists: the caller splits by fractions
+    cfg = SplitConfig(train_cases=["a", "b"], test_cases=["c"])
+    assert listed_split(cfg, ["a", "b", "c", "d"]) == {"train": ["a", "b"], "val": [], "test": ["c"]}
+    with pytest.raises(ConfigError, match=r"unknown sample ids \['c'\] \(hint\)"):
+        listed_split(cfg, ["a", "b"], "sample ids", " (hint)")

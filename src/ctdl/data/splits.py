@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
-from ctdl.errors import InputError
+from ctdl.errors import ConfigError, InputError
 from ctdl.io.atomic import atomic_write_text
 
 
@@ -52,6 +52,21 @@ def split_ids(
         parts["val"] += idx[n_tr : n_tr + n_va].tolist()
         parts["test"] += idx[n_tr + n_va :].tolist()
     return {k: [ids[i] for i in sorted(v)] for k, v in parts.items()}
+
+
+def listed_split(split_cfg: Any, known: Iterable[str], what: str = "case ids",
+                 hint: str = "") -> dict[str, list[str]] | None:
+    """The split a config lists explicitly (``data.split.train_cases`` / ``val_cases`` / ``test_cases``), checked
+    against the ids the dataset has; None when it lists none (the caller splits by fractions or files)."""
+    if split_cfg.train_cases is None:
+        return None
+    ids = set(known)
+    split = {"train": list(split_cfg.train_cases), "val": list(split_cfg.val_cases or []),
+             "test": list(split_cfg.test_cases or [])}
+    unknown = [i for v in split.values() for i in v if i not in ids]
+    if unknown:
+        raise ConfigError(f"data.split: unknown {what} {unknown[:10]}{hint}")
+    return split
 
 
 def save_split(split: dict[str, list[str]], path: str | Path) -> Path:

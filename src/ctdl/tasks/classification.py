@@ -190,17 +190,12 @@ def _manifest_samples(path: Path, classes: list[str], base: int, regression: boo
 
 def make_split(cfg: ExperimentConfig, samples: list[Sample]) -> dict[str, list[str]]:
     """Fixed splits from the manifest where given, else a seeded split stratified by class (paper: 80/20)."""
-    from ctdl.data.splits import split_ids
+    from ctdl.data.splits import listed_split, split_ids
 
     s = cfg.data.split
-    ids = [x.sample_id for x in samples]
-    if s.train_cases is not None:
-        known = set(ids)
-        split = {"train": list(s.train_cases), "val": list(s.val_cases or []), "test": list(s.test_cases or [])}
-        bad = [i for v in split.values() for i in v if i not in known]
-        if bad:
-            raise ConfigError(f"data.split: unknown sample ids {bad[:10]}")
-        return split
+    listed = listed_split(s, (x.sample_id for x in samples), "sample ids")
+    if listed is not None:
+        return listed
     if cfg.data.format == "hdf5":  # separate validation/test files, else DLAE's seeded split of the training file
         from ctdl.data.hdf5_dataset import hdf5_split_ids
 
@@ -287,23 +282,32 @@ class SampleStore:
             arr = prepare_array(s, cfg)
             with atomic_path(out) as tmp:
                 np.save(tmp, arr)
-        self._memo: dict[str, np.ndarray] = {}
-        self._memo_limit = 2 * 1024**3  # keep up to 2 GB in memory; bigger sets are re-read from the cache
-        self._memo_bytes = 0
+        self._memo = _BoundedMemo()  # bigger sets than its budget are re-read from the cache
 
     def __getitem__(self, sample_id: str) -> np.ndarray:
-        arr = self._memo.get(sample_id)
-        if arr is None:
-            arr = np.load(self.paths[sample_id])
-            if self._memo_bytes + arr.nbytes <= self._memo_limit:
-                self._memo[sample_id] = arr
-                self._memo_bytes += arr.nbytes
-        return arr
+        return self._memo.get(sample_id, lambda: np.load(self.paths[sample_id]))
 
     def train_sample(self, sample_id: str, aug: Any, seed: int) -> np.ndarray:
         """The cached input with the training augmentation (drawn from ``seed``) applied."""
         x = self[sample_id]
         return x if aug is None else _augment(aug, x, seed)
+
+
+class _BoundedMemo:
+    """Arrays kept in memory up to a byte budget (default 2 GB); past it, ``make`` runs again on each access."""
+
+    def __init__(self, limit: int = 2 * 1024**3) -> None:
+        self._items: dict[str, np.ndarray] = {}
+        self._bytes, self._limit = 0, limit
+
+    def get(self, key: str, make: Any) -> np.ndarray:
+        arr = self._items.get(key)
+        if arr is None:
+            arr = make()
+            if self._bytes + arr.nbytes <= self._limit:
+                self._items[key] = arr
+                self._bytes += arr.nbytes
+        return arr
 
 
 def _mtime(p: Path) -> float:
@@ -392,8 +396,7 @@ class Hdf5Store:
             raise ConfigError(f"preprocessing.intensity_range: normalization '{p.normalization}' needs the images' "
                               "[min, max] (DLAE minimum/maximum_image_intensity)")
         self.cfg, self.kind, self.arrays = cfg, kind, arrays
-        self._memo: dict[str, np.ndarray] = {}
-        self._memo_bytes, self._memo_limit = 0, 2 * 1024**3
+        self._memo = _BoundedMemo()
 
     @property
     def channels(self) -> int:
@@ -403,20 +406,17 @@ class Hdf5Store:
 
     def base(self, sample_id: str) -> np.ndarray:
         """The sample before augmentation and normalization (float32, channels-first)."""
-        out = self._memo.get(sample_id)
-        if out is None:
-            from ctdl.data.dlae_transforms import dlae_sample_chain
-            from ctdl.data.preprocess import clip_hu, resolve_window
+        return self._memo.get(sample_id, lambda: self._chain(sample_id))
 
-            p = self.cfg.preprocessing
-            x = np.asarray(self.arrays[sample_id], np.float32)
-            if p.hu_window is not None:
-                x = np.asarray(clip_hu(x, resolve_window(p.hu_window)), np.float32)
-            out = dlae_sample_chain(x, p.repeat_channels, p.center, p.std_normalize, p.zca_epsilon)
-            if self._memo_bytes + out.nbytes <= self._memo_limit:
-                self._memo[sample_id] = out
-                self._memo_bytes += out.nbytes
-        return out
+    def _chain(self, sample_id: str) -> np.ndarray:
+        from ctdl.data.dlae_transforms import dlae_sample_chain
+        from ctdl.data.preprocess import clip_hu, resolve_window
+
+        p = self.cfg.preprocessing
+        x = np.asarray(self.arrays[sample_id], np.float32)
+        if p.hu_window is not None:
+            x = np.asarray(clip_hu(x, resolve_window(p.hu_window)), np.float32)
+        return dlae_sample_chain(x, p.repeat_channels, p.center, p.std_normalize, p.zca_epsilon)
 
     def finish(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(_normalize(np.asarray(x, np.float32), self.cfg, self.kind), dtype=np.float32)

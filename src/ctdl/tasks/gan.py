@@ -145,8 +145,7 @@ def intensity_map(cfg: ExperimentConfig, train_cases: Sequence[PairCase]) -> Int
     the training cases' sources and targets (module docstring)."""
     p = cfg.preprocessing
     if p.hu_window is not None:
-        w = hu_window(cfg)
-        return IntensityMap(w, w, "hu_window")
+        return window_intensity(cfg)
     src = _data_range((c.source.array for c in train_cases), "data.train_x (GAN sources)")
     targets = [c.target.array for c in train_cases if c.target is not None]
     tgt = _data_range(targets, "data.train_y (GAN targets)") if targets else src
@@ -170,15 +169,11 @@ def _hdf5_split(cfg: ExperimentConfig, parts: dict[str, list[PairCase]]) -> dict
     """DLAE's seeded validation (and test) split of the training file when no such files are given
     (:func:`ctdl.data.hdf5_dataset.hdf5_split_ids`); ``data.split.train_cases`` lists win."""
     from ctdl.data.hdf5_dataset import hdf5_split_ids
+    from ctdl.data.splits import listed_split
 
     by_id = {c.case_id: c for v in parts.values() for c in v}
-    s = cfg.data.split
-    if s.train_cases is not None:
-        split = {"train": list(s.train_cases), "val": list(s.val_cases or []), "test": list(s.test_cases or [])}
-        unknown = [i for v in split.values() for i in v if i not in by_id]
-        if unknown:
-            raise ConfigError(f"data.split: unknown case ids {unknown[:10]} (HDF5 samples are train_00000, ...)")
-    else:
+    split = listed_split(cfg.data.split, by_id, hint=" (HDF5 samples are train_00000, ...)")
+    if split is None:
         split = hdf5_split_ids(cfg, {k: [c.case_id for c in v] for k, v in parts.items()})
     return {k: [by_id[i] for i in split.get(k, [])] for k in ("train", "val", "test")}
 

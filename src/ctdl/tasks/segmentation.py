@@ -19,7 +19,7 @@ from ctdl.config.schema import ExperimentConfig
 from ctdl.data.datasets import Case, folder_cases, kits19_cases, limit_cases, load_case
 from ctdl.data.pipeline import GeometryCache, SegPreprocessor
 from ctdl.data.sampling import PreparedCase
-from ctdl.data.splits import save_split, split_ids
+from ctdl.data.splits import listed_split, save_split, split_ids
 from ctdl.errors import ConfigError, InputError
 from ctdl.io import Volume, read_volume, write_volume
 
@@ -69,13 +69,9 @@ def make_split(cfg: ExperimentConfig, cases: list[Case]) -> dict[str, list[str]]
         from ctdl.data.hdf5_dataset import hdf5_split
 
         return hdf5_split(cfg, cases)
-    if s.train_cases is not None:
-        known = {c.case_id for c in cases}
-        split = {"train": list(s.train_cases), "val": list(s.val_cases or []), "test": list(s.test_cases or [])}
-        missing = [i for v in split.values() for i in v if i not in known]
-        if missing:
-            raise ConfigError(f"data.split: unknown case ids {missing[:10]}")
-        return split
+    listed = listed_split(s, (c.case_id for c in cases))
+    if listed is not None:
+        return listed
     return split_ids([c.case_id for c in cases], s.train, s.val, s.test, seed=cfg.seed if s.seed is None else s.seed)
 
 

@@ -271,12 +271,12 @@ def create_app(runs_dir: str | Path, data_dirs: Sequence[str | Path] = (), token
                 "previews": _previews(d)}
 
     def _previews(d: Path) -> dict[str, Any]:
-        from ctdl.engine.previews import list_previews
+        from ctdl.engine.previews import PREVIEW_DIR, list_previews
 
         found = list_previews(d)
         for cid, item in found["cases"].items():  # paths inside the runs root (/api/volume/runs/...)
             item["ct"] = f"{d.name}/{item['ct']}"
-            item["predictions"] = {ep: f"{d.name}/previews/{ep}/{cid}.nii.gz" for ep in item["epochs"]}
+            item["predictions"] = {ep: f"{d.name}/{PREVIEW_DIR}/{ep}/{cid}.nii.gz" for ep in item["epochs"]}
         return found
 
     @app.get("/api/runs/{name}/previews")
