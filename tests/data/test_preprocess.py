@@ -460,3 +460,17 @@ def test_cubic_zoom_keeps_border_values() -> None:
     # a constant -1000 HU volume stays -1000 everywhere (mode 'constant' would pull the borders toward 0)
     out = pp.zoom_to_shape(np.full((5, 6, 6), -1000.0, np.float32), (9, 11, 11), order=3)
     assert np.allclose(out, -1000.0, atol=1e-3)
+
+
+def test_block_mean_of_integer_ct_is_exact_and_float32() -> None:
+    """int16 CT is block-averaged without a float copy first: same values as a float64 reference."""
+    rng = np.random.default_rng(1)
+    arr = rng.integers(-1024, 3000, (25, 14, 9)).astype(np.int16)  # 25 = 4 x 6 + 1: a trailing partial block
+    vol = Volume.from_array(arr, spacing=(0.5, 1.0, 1.0))
+    out = pp._block_mean(vol, np.array([6, 2, 1]), order=1)
+    assert out.array.dtype == np.float32 and out.shape == (5, 7, 9)
+    ref = arr[:24].astype(np.float64).reshape(4, 6, 7, 2, 9).mean(axis=(1, 3))
+    assert np.abs(out.array[:4] - ref).max() < 1e-3
+    assert np.allclose(out.array[4], arr[24:].astype(np.float64).reshape(1, 7, 2, 9).mean(axis=(0, 2)), atol=1e-3)
+    assert np.array_equal(out.array, pp._block_mean(Volume.from_array(arr.astype(np.float32), spacing=(0.5, 1.0, 1.0)),
+                                                    np.array([6, 2, 1]), order=1).array)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ctdl.config.schema import SamplingConfig
-from ctdl.data.sampling import PreparedCase, Sampler, block_starts, crop_patch
+from ctdl.data.sampling import PreparedCase, Sampler, block_starts, crop_patch, inside_center
 
 
 def _case(seed: int = 0) -> PreparedCase:
@@ -30,6 +30,34 @@ def test_crop_patch_pads_outside() -> None:
     p = crop_patch(a, (0, 0, 0), (2, 2, 2), fill=-1)
     assert p.shape == (2, 2, 2)
     assert p[0, 0, 0] == -1 and p[1, 1, 1] == a[0, 0, 0]
+
+
+def test_inside_center_rule() -> None:
+    # axis 0: patch 4 in 20 -> centre clamped to [2, 18]; axis 1: patch 30 > 24 -> left as drawn
+    assert inside_center((0, 1, 23), (4, 30, 6), (20, 24, 24)) == (2, 1, 21)
+    assert inside_center((19, 12, 3), (4, 30, 6), (20, 24, 24)) == (18, 12, 3)
+    # odd size 5: crop_patch takes [c - 2, c + 3); the highest valid centre is n - 3
+    assert inside_center((9,), (5,), (10,)) == (7,)
+
+
+def test_patch_inside_never_pads_when_the_volume_is_big_enough() -> None:
+    case = _case()
+    case.image -= case.image.min() - 1.0  # every voxel >= 1, so padding (the minimum) is 1 only by chance
+    cfg = SamplingConfig(mode="patch3d", patch_size=(8, 24, 16), samples_per_volume=20, class_ratios=[1, 1, 1],
+                         patch_inside=True)
+    s = Sampler([case], cfg, batch_size=5, seed=3)
+    n = 0
+    for x, _ in s.epoch(0):
+        for img in x[:, 0].numpy():
+            # each patch is a contiguous window of the volume: full 24 rows, 8 slices and 16 columns inside
+            hits = [(z, w) for z in range(13) for w in range(9)
+                    if np.array_equal(img, case.image[0, z : z + 8, :, w : w + 16])]
+            assert hits, "patch is not a window of the volume"
+            n += 1
+    assert n == 20
+    padded = Sampler([case], cfg.model_copy(update={"patch_inside": False}), batch_size=5, seed=3)
+    lowest = float(case.image.min())  # one voxel of the volume; more than one in a patch means padding
+    assert any(((x[:, 0] == lowest).flatten(1).sum(1) > 1).any() for x, _ in padded.epoch(0))
 
 
 def test_patch_oversampling_centres_on_class() -> None:

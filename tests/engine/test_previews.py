@@ -83,11 +83,15 @@ def test_failed_write_leaves_nothing_and_never_stops_training(tmp_path: Path, mo
     pv.on_epoch_start(None, 0)  # type: ignore[arg-type]
     pv.record(case, case.label)  # the CT preview exists now
 
-    def broken_save(img: nib.Nifti1Image, path: str) -> None:
-        Path(path).write_bytes(b"half a file")
+    def broken_to_file_map(img: nib.Nifti1Image, file_map: dict | None = None, dtype: object = None) -> None:
+        holder = (file_map or img.file_map)["image"]  # what nib.save and ctdl's ISA-L gzip writer both reach
+        if holder.fileobj is not None:
+            holder.fileobj.write(b"half a file")
+        else:
+            Path(holder.filename).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(nib, "save", broken_save)
+    monkeypatch.setattr(nib.Nifti1Image, "to_file_map", broken_to_file_map)
     pv.on_epoch_start(None, 1)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="ctdl"):
         pv.record(case, case.label)

@@ -18,6 +18,7 @@ from ctdl.engine.callbacks import Callback, CheckpointCallback, CSVLogger, Early
 from ctdl.engine.optimizers import build_optimizer
 from ctdl.engine.schedules import build_scheduler
 from ctdl.engine.trainer import (
+    amp_dtype,
     Trainer,
     capture_rng,
     epoch_seed,
@@ -307,12 +308,97 @@ def test_grad_clipping_bounds_the_gradient_norm(tmp_path: Path) -> None:
     assert len(norms) == 8 and max(norms) <= 0.01 * (1 + 1e-4)
 
 
-def test_amp_on_cpu_warns_and_runs_fp32(tmp_path: Path) -> None:
+def test_amp_on_cpu_without_bf16_warns_and_runs_fp32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctdl.engine.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "amp_dtype", lambda device: None)  # a CPU without native bfloat16
     with pytest.warns(UserWarning, match="amp=True"):
         t = make_trainer(tmp_path, 1, amp=True)
     assert t.scaler is None and not t.use_amp
     t.fit()
     assert all(p.dtype == torch.float32 for p in t.model.parameters())
+    assert "amp_skipped_steps" not in t.history[-1]
+
+
+needs_bf16 = pytest.mark.skipif(amp_dtype(torch.device("cpu")) is None, reason="this CPU has no native bfloat16")
+
+
+class NormNet(nn.Module):
+    """conv -> batch norm -> head: records the dtypes the conv returns and the norm receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 2)
+        self.seen: set[tuple[str, torch.dtype]] = set()
+        self.norm.register_forward_hook(lambda m, a, out: self.seen.add(("norm_in", a[0].dtype)))
+        self.conv.register_forward_hook(lambda m, a, out: self.seen.add(("conv_out", out.dtype)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.conv(x))).mean(dim=(2, 3)))
+
+
+def _norm_net_run(run_dir: Path, amp: bool) -> tuple[Trainer, NormNet]:
+    torch.manual_seed(0)
+    model = NormNet()
+    opt = build_optimizer(OptimizerConfig(name="sgd", lr=0.1, momentum=0.9), model.parameters())
+    t = Trainer(model, opt, None, nn.functional.cross_entropy, loader_fn(7), val_fn, run_dir, 8, callbacks=[],
+                seed=7, amp=amp, progress=False)
+    t.fit()
+    return t, model
+
+
+@needs_bf16
+def test_amp_bf16_on_cpu_trains_with_float32_norms_and_weights(tmp_path: Path) -> None:
+    ref, _ = _norm_net_run(tmp_path / "fp32", amp=False)
+    t, model = _norm_net_run(tmp_path / "bf16", amp=True)
+    assert t.use_amp and t.amp_dtype == torch.bfloat16 and t.scaler is None
+    assert ("conv_out", torch.bfloat16) in model.seen  # the convolution ran in bfloat16 during training ...
+    assert ("norm_in", torch.bfloat16) not in model.seen  # ... the norm never received bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    losses = [h["train_loss"] for h in t.history]
+    ref_losses = [h["train_loss"] for h in ref.history]
+    print("bf16", [round(v, 3) for v in losses], "fp32", [round(v, 3) for v in ref_losses])
+    assert losses[-1] < 0.8 * losses[0]  # it learns ...
+    assert abs(losses[-1] - ref_losses[-1]) < 0.1 * ref_losses[-1]  # ... as float32 does
+    assert [h["amp_skipped_steps"] for h in t.history] == [0] * 8
+
+
+class NanGradNet(TinyNet):
+    """Finite output whose gradient is NaN: d/dp sqrt(p - p) = 0.5 / sqrt(0) * 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + torch.sqrt(self.p - self.p)
+
+
+@needs_bf16
+def test_amp_bf16_skips_steps_with_non_finite_gradients(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = NanGradNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = build_optimizer(OptimizerConfig(name="sgd", lr=0.1), model.parameters())
+    t = Trainer(model, opt, None, nn.functional.cross_entropy, loader_fn(7), None, tmp_path, 1, callbacks=[],
+                seed=7, amp=True, monitor="train_loss", monitor_mode="min", progress=False)
+    t.fit()
+    assert t.history[-1]["amp_skipped_steps"] == N_TRAIN // BATCH  # every step skipped ...
+    for k, v in model.state_dict().items():  # ... so nothing moved
+        assert torch.equal(v, before[k]), k
+
+
+def test_channels_last_matches_default_layout(tmp_path: Path) -> None:
+    a = make_trainer(tmp_path / "a", 2)
+    b = make_trainer(tmp_path / "b", 2, channels_last=True)
+    assert b.model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    a.model.drop.p = b.model.drop.p = 0.0  # dropout masks follow the memory layout; the arithmetic must not
+    a.fit()
+    b.fit()
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-5), k
 
 
 def test_steps_per_epoch_and_val_every(tmp_path: Path) -> None:

@@ -138,3 +138,16 @@ def test_sample_ct_round_trip(shared_data: Path, tmp_path: Path) -> None:
     back = read_nifti(write_nifti(vol, tmp_path / "ct.nii.gz"))
     np.testing.assert_array_equal(back.array, vol.array)
     np.testing.assert_allclose(back.affine, vol.affine, atol=1e-4)
+
+
+def test_isal_gzip_is_standard_gzip_both_ways(tmp_path: Path, rng: np.random.Generator) -> None:
+    """ctdl reads and writes .nii.gz through ISA-L's gzip (a dependency); the files stay plain gzip NIfTI."""
+    import ctdl.io.nifti as nifti_mod
+
+    assert nifti_mod._igzip is not None
+    arr = rng.integers(-1000, 1000, (7, 9, 11)).astype(np.int16)
+    theirs = save(tmp_path / "theirs.nii.gz", arr, KITS_AFFINE)  # nibabel + zlib
+    vol = read_nifti(theirs)  # ISA-L
+    ours = write_nifti(vol, tmp_path / "ours.nii.gz")  # ISA-L
+    assert_file_restored(ours, arr, KITS_AFFINE)  # read back by nibabel + zlib
+    assert np.array_equal(read_nifti(ours).array, vol.array)

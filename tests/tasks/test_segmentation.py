@@ -214,3 +214,13 @@ def test_tta_uses_only_training_flip_axes() -> None:
     assert tta_flip_axes([2]) == ((3,),)
     assert tta_flip_axes([1, 2]) == ((2,), (3,), (2, 3))
     assert tta_flip_axes([]) == ()
+
+
+def test_coarse_localiser_always_trains_in_float32() -> None:
+    from ctdl.tasks.segmentation import coarse_config
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "recipes" / "demo.yaml", overrides=["training.amp=true", "training.channels_last=true"])
+    assert cfg.training.amp and cfg.training.channels_last
+    coarse = coarse_config(cfg)
+    assert not coarse.training.amp and not coarse.training.channels_last

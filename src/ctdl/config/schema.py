@@ -155,6 +155,10 @@ class SamplingConfig(Section):
     )
     patch_size: IntTriple = Field((32, 64, 64), description="patch3d: patch (D, H, W)")
     samples_per_volume: int = Field(4, ge=1, description="patches drawn per volume per epoch")
+    patch_inside: bool = Field(
+        False, description="patch3d: shift a patch so it lies inside the volume along every axis the volume is at least as long as the patch "
+        "(MONAI RandCropByLabelClasses' rule; suits ROI crops, where inference sees whole crops); False: centre exactly on the drawn voxel and pad outside (nnU-Net)"
+    )
     class_ratios: Optional[list[float]] = Field(
         None, description="patch3d: probability of centring a patch on each class (e.g. [1, 1, 2] oversamples tumour); None = uniform positions"
     )
@@ -250,7 +254,10 @@ class TrainingConfig(Section):
     monitor_mode: Literal["min", "max"] = Field("max")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     grad_clip: Optional[float] = Field(None, gt=0, description="clip gradient norm to this value")
-    amp: bool = Field(False, description="mixed precision where the device supports it (CUDA)")
+    amp: bool = Field(False, description="mixed precision where the device supports it: float16 with loss scaling on CUDA, "
+                      "bfloat16 autocast on a CPU with native bfloat16 (AVX512-BF16 or AMX); elsewhere float32 with a warning")
+    channels_last: bool = Field(False, description="channels-last memory layout for the model and its 4D/5D inputs "
+                                "(faster convolutions on CPU with oneDNN, above all with amp)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
     shuffle: bool = Field(True)

@@ -63,6 +63,15 @@ def crop_patch(array: np.ndarray, center: Sequence[int], size: Sequence[int], fi
     return out
 
 
+def inside_center(center: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """Move ``center`` so a ``size`` patch around it (as :func:`crop_patch` places it) lies inside ``shape``
+    on every axis where the volume is at least as long as the patch; other axes are left as drawn."""
+    out = []
+    for c, s, n in zip(center, size, shape):
+        out.append(int(min(max(c, s // 2), n - s + s // 2)) if n >= s else int(c))
+    return tuple(out)
+
+
 class Sampler:
     """Yields (image batch, label batch) tensors for one epoch from prepared cases."""
 
@@ -129,6 +138,8 @@ class Sampler:
         if cfg.mode == "patch3d":
             case = self.cases[int(key)]  # type: ignore[arg-type]
             center = self._patch_center(case, rng)
+            if cfg.patch_inside:
+                center = inside_center(center, cfg.patch_size, case.image.shape[-3:])
             img = crop_patch(case.image, center, cfg.patch_size, float(case.image.min()))
             lab = crop_patch(case.label, center, cfg.patch_size, 0)
         else:

@@ -183,6 +183,83 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
+def amp_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype mixed precision uses on ``device``, or None where it would not pay.
+
+    CUDA: float16. CPU: bfloat16 when oneDNN reports native bfloat16 (AVX512-BF16 or AMX); without it
+    bfloat16 is emulated and slower than float32. Measured on this project's 2-core AMD EPYC (AVX512-BF16):
+    the demo's unet3d_small step (batch 4 x 24 x 64 x 64) took 184 ms in float32, 145 ms with bfloat16,
+    123 ms with bfloat16 and channels-last (``python bench/train_step_precision.py``).
+    """
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu":
+        mkldnn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        try:
+            return torch.bfloat16 if mkldnn is not None and bool(mkldnn()) else None
+        except RuntimeError:
+            return None
+    return None
+
+
+_NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def _float_inputs(module: torch.nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _norms_in_float32(model: torch.nn.Module) -> None:
+    """Run every normalization layer on float32 inputs under CPU bfloat16 autocast.
+
+    CPU autocast leaves batch/instance/group/layer norms in their input's dtype, so after a bfloat16
+    convolution they would compute mean and variance with 8 mantissa bits; the demo's coarse localiser
+    (instance norm over a 2 x 6 x 6 bottleneck) then produced a NaN loss within 5 batches. A forward
+    pre-hook (it survives deepcopy and leaves the state dict alone) casts their inputs to float32.
+    """
+    for m in model.modules():
+        if isinstance(m, _NORMS) and not getattr(m, "_ctdl_float32_norm", False):
+            m.register_forward_pre_hook(_float_inputs)
+            m._ctdl_float32_norm = True
+
+
+def _grads_finite(model: torch.nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+def _model_memory_format(model: torch.nn.Module) -> torch.memory_format:
+    """channels_last_3d for models with 3D convolutions, channels_last otherwise."""
+    has3d = any(isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)) for m in model.modules())
+    return torch.channels_last_3d if has3d else torch.channels_last
+
+
+def _channels_last(obj: Any) -> Any:
+    """4D/5D tensors (also inside tuples/lists/dicts) in channels-last layout; others unchanged."""
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 5:
+            return obj.contiguous(memory_format=torch.channels_last_3d)
+        if obj.dim() == 4:
+            return obj.contiguous(memory_format=torch.channels_last)
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: _channels_last(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_channels_last(v) for v in obj)
+    return obj
+
+
+def _float32(obj: Any) -> Any:
+    """Floating tensors (also inside tuples/lists/dicts) as float32; others unchanged."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, Mapping):
+        return {k: _float32(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_float32(v) for v in obj)
+    return obj
+
+
 def _to_device(obj: Any, device: torch.device) -> Any:
     """Move tensors inside nested tuples/lists/dicts to ``device``."""
     if isinstance(obj, torch.Tensor):
@@ -233,6 +310,7 @@ class Trainer:
         device: str | torch.device = "cpu",
         grad_clip: Optional[float] = None,
         amp: bool = False,
+        channels_last: bool = False,
         monitor: str = "val_loss",
         monitor_mode: str = "min",
         seed: int = 0,
@@ -271,10 +349,19 @@ class Trainer:
         self.progress = progress
         self.deterministic = deterministic
         self.checkpoint_meta = to_plain(dict(checkpoint_meta or {}))
-        self.use_amp = bool(amp and self.device.type == "cuda")
+        self.amp_dtype = amp_dtype(self.device) if amp else None
+        self.use_amp = self.amp_dtype is not None
         if amp and not self.use_amp:
-            warnings.warn(f"amp=True needs a CUDA device; training in fp32 on {self.device}")
-        self.scaler: Optional[torch.amp.GradScaler] = torch.amp.GradScaler("cuda") if self.use_amp else None
+            warnings.warn(f"amp=True needs a CUDA device or a CPU with native bfloat16; training in float32 on {self.device}")
+        # loss scaling only for float16 (bfloat16 has float32's exponent range)
+        self.scaler: Optional[torch.amp.GradScaler] = (torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16
+                                                       else None)
+        self.amp_skipped_steps = 0  # bfloat16 steps skipped for a non-finite gradient
+        if self.amp_dtype == torch.bfloat16:
+            _norms_in_float32(self.model)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=_model_memory_format(self.model))
         if scheduler is not None and hasattr(scheduler, "set_mode"):
             scheduler.set_mode(monitor_mode)
 
@@ -331,7 +418,7 @@ class Trainer:
             torch.set_num_threads(training.threads)
         return cls(model, optimizer, scheduler, loss_fn, train_loader_fn, val_fn, run_dir, training.epochs,
                    callbacks=callbacks, device=resolve_device(training.device), grad_clip=training.grad_clip,
-                   amp=training.amp, monitor=training.monitor, monitor_mode=training.monitor_mode, seed=seed,
+                   amp=training.amp, channels_last=training.channels_last, monitor=training.monitor, monitor_mode=training.monitor_mode, seed=seed,
                    steps_per_epoch=training.steps_per_epoch, val_every=training.val_every, progress=progress,
                    deterministic=training.deterministic, checkpoint_meta=checkpoint_meta)
 
@@ -549,9 +636,13 @@ class Trainer:
         """Forward, loss, backward, clip, step for one batch; returns the loss."""
         inputs, targets = _split_batch(batch)
         inputs, targets = _to_device(inputs, self.device), _to_device(targets, self.device)
+        if self.channels_last:
+            inputs = _channels_last(inputs)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float16, enabled=self.use_amp):
             outputs = self.model(inputs)
+            if self.use_amp:  # the loss in float32: softmax/log of half-precision logits loses the small classes
+                outputs = _float32(outputs)
             loss = self.loss_fn(outputs, targets)
             penalty = getattr(self.model, "regularization_penalty", None)
             if callable(penalty):  # models with weight/activity regularisers (DLAE layer lists) add theirs
@@ -568,6 +659,13 @@ class Trainer:
             self.scaler.update()
         else:
             loss.backward()
+            if self.amp_dtype == torch.bfloat16 and not _grads_finite(self.model):
+                # oneDNN's bfloat16 conv3d weight gradient is now and then non-finite on tiny feature maps (the
+                # coarse localiser's 2 x 6 x 6 bottleneck: 1-2 of 40 steps; the float32 gradient of the same batch
+                # is finite). Skip that step, as torch.amp.GradScaler does for float16 overflows.
+                self.amp_skipped_steps += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                return value
             if self.grad_clip is not None:
                 self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
             self.optimizer.step()
@@ -587,6 +685,9 @@ class Trainer:
         self._end_snapshot = self._position_state("end", capture_rng())
         self._phase = "end"
         logs: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": self.running_loss}
+        if self.amp_dtype == torch.bfloat16:
+            logs["amp_skipped_steps"] = self.amp_skipped_steps  # in this epoch
+            self.amp_skipped_steps = 0
         validate = self.val_fn is not None and ((epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs)
         if validate:
             logs.update(self._validate())

@@ -11,6 +11,13 @@ import nibabel as nib
 import numpy as np
 
 from ctdl.errors import InputError
+
+try:  # ISA-L's gzip: the same .nii.gz bytes, read in ~half and written in ~a third of zlib's time
+    from isal import igzip as _igzip
+    from isal.isal_zlib import error as _isal_error
+except ImportError:  # pragma: no cover - isal is a dependency; plain zlib (nibabel's own opener) still works
+    _igzip = None
+    _isal_error = zlib.error
 from ctdl.io.atomic import atomic_path
 from ctdl.io.volume import Volume, canonical_axes, from_file_order, to_file_order
 
@@ -26,18 +33,20 @@ def read_nifti(path: str | Path, dtype: np.dtype | None = None) -> Volume:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     try:
-        img = nib.load(str(path))
-        if len(img.shape) != 3:
-            if len(img.shape) == 4 and img.shape[3] == 1:
-                img = img.slicer[..., 0]
-            else:
-                raise InputError(f"{path}: expected a 3D image, got shape {img.shape}")
-        data = np.asanyarray(img.dataobj)
+        with _open_gz(path, "rb") as fobj:
+            img = nib.load(str(path)) if fobj is None else nib.Nifti1Image.from_file_map(_file_map(path, fobj))
+            if len(img.shape) != 3:
+                if len(img.shape) == 4 and img.shape[3] == 1:
+                    img = img.slicer[..., 0]
+                else:
+                    raise InputError(f"{path}: expected a 3D image, got shape {img.shape}")
+            data = np.asanyarray(img.dataobj)
         if dtype is not None:
             data = data.astype(dtype)
     except InputError:
         raise
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except (EOFError, OSError, zlib.error, _isal_error, gzip.BadGzipFile, ValueError,
+            nib.filebasedimages.ImageFileError) as exc:
         raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
     vol = from_file_order(np.asarray(data), img.affine, {"source": str(path), "format": "nifti"})
     return vol
@@ -72,9 +81,38 @@ def write_nifti(vol: Volume, path: str | Path, dtype: np.dtype | None = None) ->
         arr = arr.astype(np.uint8)
     elif arr.dtype == np.float64:
         arr = arr.astype(np.float32)
-    img = nib.Nifti1Image(np.ascontiguousarray(arr), aff)
+    # NIfTI stores Fortran order: a Fortran-ordered array is written as it lies in memory (the file-order view of
+    # a C-ordered (D, H, W) array already is one); a C-ordered copy made nibabel re-transpose it chunk by chunk
+    # (3.2 s instead of 0.4 s for a 611 x 512 x 512 mask)
+    img = nib.Nifti1Image(np.asfortranarray(arr), aff)
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
     with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
+        with _open_gz(tmp, "wb") as fobj:
+            if fobj is None:
+                nib.save(img, str(tmp))
+            else:
+                img.to_file_map(_file_map(tmp, fobj))
     return path
+
+
+class _NoFile:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _open_gz(path: Path, mode: str) -> Any:
+    """An ISA-L gzip file object for a .gz path (level 1 when writing, as nibabel's default), else a null context."""
+    if _igzip is None or not str(path).lower().endswith(".gz"):
+        return _NoFile()
+    return _igzip.open(str(path), mode, compresslevel=1) if "w" in mode else _igzip.open(str(path), mode)
+
+
+def _file_map(path: Path, fobj: Any) -> dict[str, Any]:
+    from nibabel.fileholders import FileHolder
+
+    holder = FileHolder(filename=str(path), fileobj=fobj)
+    return {"header": holder, "image": holder}

@@ -751,7 +751,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     trainer = Trainer(
         model, optimizer, scheduler, loss_fn, loader, validate if val_s else None, run_dir, cfg.training.epochs,
         callbacks=default_callbacks(cfg, run_dir, progress=progress), device=device, grad_clip=cfg.training.grad_clip,
-        amp=cfg.training.amp, monitor=monitor, monitor_mode=mode, seed=cfg.seed,
+        amp=cfg.training.amp, channels_last=cfg.training.channels_last, monitor=monitor, monitor_mode=mode, seed=cfg.seed,
         steps_per_epoch=cfg.training.steps_per_epoch, val_every=cfg.training.val_every, progress=progress,
         deterministic=cfg.training.deterministic, checkpoint_meta=meta,
     )

@@ -356,7 +356,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     mode = cfg.training.monitor_mode if val_set else "min"
     trainer = Trainer(model, optimizer, scheduler, loss_fn, loader, validation_fn(cfg, val_set, device), run_dir,
                       cfg.training.epochs, callbacks=default_callbacks(cfg, run_dir, progress=progress), device=device,
-                      grad_clip=cfg.training.grad_clip, amp=cfg.training.amp, monitor=monitor, monitor_mode=mode,
+                      grad_clip=cfg.training.grad_clip, amp=cfg.training.amp, channels_last=cfg.training.channels_last, monitor=monitor, monitor_mode=mode,
                       seed=cfg.seed, steps_per_epoch=cfg.training.steps_per_epoch, val_every=cfg.training.val_every,
                       progress=progress, checkpoint_meta=meta)
     t1 = time.time()

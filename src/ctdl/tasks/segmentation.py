@@ -304,7 +304,7 @@ def _fit_stage(cfg: ExperimentConfig, run_dir: Path, train_cases: list[Case], va
         model, optimizer, scheduler, loss_fn, sampler.epoch,
         validation_fn(cfg, val_set, device, weights, previews.record if previews is not None else None), run_dir,
         cfg.training.epochs, callbacks=callbacks, device=device, grad_clip=cfg.training.grad_clip,
-        amp=cfg.training.amp, monitor=monitor, monitor_mode=mode, seed=cfg.seed,
+        amp=cfg.training.amp, channels_last=cfg.training.channels_last, monitor=monitor, monitor_mode=mode, seed=cfg.seed,
         steps_per_epoch=len(sampler), val_every=cfg.training.val_every, progress=progress, checkpoint_meta=meta,
     )
     resume_from = run_dir / "last.pt" if resume and (run_dir / "last.pt").exists() else None
@@ -329,8 +329,12 @@ def coarse_config(cfg: ExperimentConfig) -> ExperimentConfig:
     data["loss"] = {"name": "dice_ce"}
     data["optimizer"] = {"name": "adam", "lr": 0.003}
     data["schedule"] = {"name": "none"}
+    # float32 always: under CPU bfloat16 autocast, oneDNN's weight gradient of this net's bottleneck convolution
+    # (2 x 6 x 6 voxels for a 16 x 48 x 48 patch) came out non-finite or pointing elsewhere (cosine 0..0.8
+    # to the float32 gradient of the same batch), while the demo's bigger net measured >= 0.996 everywhere
     data["training"].update({"epochs": inf.coarse_epochs, "steps_per_epoch": inf.coarse_steps_per_epoch,
-                             "val_every": inf.coarse_epochs, "early_stopping": {"enabled": False}})
+                             "val_every": inf.coarse_epochs, "early_stopping": {"enabled": False},
+                             "amp": False, "channels_last": False})
     data["inference"] = {"method": "sliding_window", "roi_size": list(inf.coarse_patch_size), "overlap": 0.25,
                          "two_stage": False}
     # no component filtering: the ROI box must include every kidney the localiser sees (a larger box only costs time)
