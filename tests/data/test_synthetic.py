@@ -289,3 +289,20 @@ def test_dataset_written_in_kits_layout_and_idempotent(tmp_path: Path) -> None:
     with pytest.raises(InputError):
         synth_kits_dataset(KITS, out, [CASES[0]], spacing=(3.0, 3.0, 3.0), progress=False)
     assert (out / "synthetic.json").is_file()
+
+
+def test_parallel_rendering_writes_the_same_files(tmp_path: Path) -> None:
+    import json
+
+    cases = CASES[:3]
+    one = synth_kits_dataset(KITS, tmp_path / "one", cases, spacing=(6.0, 4.0, 4.0), progress=False,
+                             margin_slices=1, workers=1)
+    two = synth_kits_dataset(KITS, tmp_path / "two", cases, spacing=(6.0, 4.0, 4.0), progress=False,
+                             margin_slices=1, workers=2)
+    assert [d.name for d in one] == [d.name for d in two] == list(cases)
+    for a, b in zip(one, two):
+        for f in ("imaging.nii.gz", "segmentation.nii.gz"):
+            va, vb = read_nifti(a / f), read_nifti(b / f)
+            assert np.array_equal(va.array, vb.array) and np.allclose(va.affine, vb.affine)
+    man = [json.loads((d / "synthetic.json").read_text())["cases"] for d in (tmp_path / "one", tmp_path / "two")]
+    assert man[0] == man[1] and sorted(man[0]) == sorted(cases)

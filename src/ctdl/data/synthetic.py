@@ -126,6 +126,7 @@ a 2 mm cortical-bone rim ~650 HU and the spinal canal far above CSF.
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from dataclasses import asdict, dataclass, replace
 from enum import IntEnum
@@ -788,6 +789,17 @@ def _case_seed(seed: int, name: str) -> int:
     return int(np.random.SeedSequence([int(seed), key]).generate_state(1)[0])
 
 
+def _render_case(kits_root: Path, case_dir: Path, name: str, spacing: tuple[float, float, float] | None, seed: int,
+                 params: PhantomParams, margin_slices: int | None, crop_to_body: bool) -> str:
+    """Render and write one phantom case (label first, both atomically); returns its name."""
+    mask = read_nifti(kits_root / name / "segmentation.nii.gz")
+    img, seg = synth_kits_case(mask, spacing, seed, params, margin_slices=margin_slices, crop_to_body=crop_to_body)
+    del mask
+    write_nifti(seg, case_dir / "segmentation.nii.gz", dtype=np.uint8)
+    write_nifti(img, case_dir / "imaging.nii.gz", dtype=np.int16)
+    return name
+
+
 def synth_kits_dataset(
     kits_root: str | Path,
     out_root: str | Path,
@@ -799,13 +811,16 @@ def synth_kits_dataset(
     *,
     margin_slices: int | None = None,
     params: PhantomParams | None = None,
+    workers: int | None = None,
 ) -> list[Path]:
     """Write phantom cases as ``out_root/case_XXXXX/{imaging,segmentation}.nii.gz``; returns the case folders.
 
     ``cases`` is a list of case names or a count (``select_cases(kits_root, n, seed)``).
     Cases whose two files already exist are skipped (idempotent); ``out_root/synthetic.json``
     records the settings of every case, and asking for a present case with different
-    settings is an error rather than a silent mix.
+    settings is an error rather than a silent mix. ``workers`` processes render missing cases
+    in parallel (None: one per CPU core, at most 4); every case has its own seed, so the files
+    are the same for any number of workers.
     """
     from tqdm.auto import tqdm
 
@@ -819,8 +834,8 @@ def synth_kits_dataset(
     manifest: dict[str, dict[str, object]] = {}
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text()).get("cases", {})
-    out_dirs: list[Path] = []
-    for name in tqdm(names, desc="synthetic KiTS19", unit="case", disable=not progress):
+    todo: list[tuple[str, dict[str, object]]] = []
+    for name in names:
         settings: dict[str, object] = {
             "seed": _case_seed(seed, name),
             "spacing": None if spacing is None else [float(s) for s in spacing],
@@ -829,22 +844,36 @@ def synth_kits_dataset(
             "params": p.to_dict(),
         }
         case_dir = out_root / name
-        img_p, seg_p = case_dir / "imaging.nii.gz", case_dir / "segmentation.nii.gz"
-        if img_p.is_file() and seg_p.is_file():
+        if (case_dir / "imaging.nii.gz").is_file() and (case_dir / "segmentation.nii.gz").is_file():
             if name in manifest and manifest[name] != settings:
                 raise InputError(
                     f"{case_dir}: already rendered with other settings ({manifest_path}); use a new out_root"
                 )
-            out_dirs.append(case_dir)
             continue
-        mask = read_nifti(kits_root / name / "segmentation.nii.gz")
-        img, seg = synth_kits_case(
-            mask, spacing, _case_seed(seed, name), p, margin_slices=margin_slices, crop_to_body=crop_to_body
-        )
-        del mask
-        write_nifti(seg, seg_p, dtype=np.uint8)
-        write_nifti(img, img_p, dtype=np.int16)
-        manifest[name] = settings
+        todo.append((name, settings))
+    jobs = [(kits_root, out_root / name, name, spacing, int(st["seed"]), p, margin_slices, crop_to_body)
+            for name, st in todo]
+    n_workers = min(len(jobs), workers if workers is not None else min(4, os.cpu_count() or 1))
+    bar = tqdm(total=len(names), initial=len(names) - len(jobs), desc="synthetic KiTS19", unit="case",
+               disable=not progress)
+    settings_of = dict(todo)
+
+    def done(name: str) -> None:
+        manifest[name] = settings_of[name]
         atomic_write_text(manifest_path, json.dumps({"generator": "ctdl.data.synthetic", "cases": manifest}, indent=1))
-        out_dirs.append(case_dir)
+        bar.update(1)
+
+    if n_workers <= 1:
+        for job in jobs:
+            done(_render_case(*job))
+    else:  # numpy/scipy rendering is mostly single-threaded: one case per core
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+            for fut in as_completed([pool.submit(_render_case, *job) for job in jobs]):
+                done(fut.result())
+    bar.close()
+    out_dirs = [out_root / name for name in names]
     return out_dirs
