@@ -277,8 +277,7 @@ def _block_mean(vol: Volume, k: np.ndarray, order: int) -> Volume:
         return vol
     # integer CT is reduced as it is (float32 accumulation, exact for block sums of int16): converting a
     # 611 x 512 x 512 volume to float32 first cost more than the reduction itself
-    arr = vol.array if vol.array.dtype.kind in "biu" else _interp_source(vol.array, False, order, "antialiasing")
-    out = arr
+    out = vol.array if vol.array.dtype.kind in "biu" else _interp_source(vol.array, False, order, "antialiasing")
     for axis, kk in enumerate(int(v) for v in k):
         if kk <= 1:
             continue

@@ -834,7 +834,7 @@ def synth_kits_dataset(
     manifest: dict[str, dict[str, object]] = {}
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text()).get("cases", {})
-    todo: list[tuple[str, dict[str, object]]] = []
+    todo: dict[str, dict[str, object]] = {}  # name -> settings of the cases still to render
     for name in names:
         settings: dict[str, object] = {
             "seed": _case_seed(seed, name),
@@ -850,16 +850,14 @@ def synth_kits_dataset(
                     f"{case_dir}: already rendered with other settings ({manifest_path}); use a new out_root"
                 )
             continue
-        todo.append((name, settings))
+        todo[name] = settings
     jobs = [(kits_root, out_root / name, name, spacing, int(st["seed"]), p, margin_slices, crop_to_body)
-            for name, st in todo]
+            for name, st in todo.items()]
     n_workers = min(len(jobs), workers if workers is not None else min(4, os.cpu_count() or 1))
     bar = tqdm(total=len(names), initial=len(names) - len(jobs), desc="synthetic KiTS19", unit="case",
                disable=not progress)
-    settings_of = dict(todo)
-
     def done(name: str) -> None:
-        manifest[name] = settings_of[name]
+        manifest[name] = todo[name]
         atomic_write_text(manifest_path, json.dumps({"generator": "ctdl.data.synthetic", "cases": manifest}, indent=1))
         bar.update(1)
 
@@ -875,5 +873,4 @@ def synth_kits_dataset(
             for fut in as_completed([pool.submit(_render_case, *job) for job in jobs]):
                 done(fut.result())
     bar.close()
-    out_dirs = [out_root / name for name in names]
-    return out_dirs
+    return [out_root / name for name in names]

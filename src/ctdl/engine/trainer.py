@@ -188,8 +188,8 @@ def amp_dtype(device: torch.device) -> Optional[torch.dtype]:
 
     CUDA: float16. CPU: bfloat16 when oneDNN reports native bfloat16 (AVX512-BF16 or AMX); without it
     bfloat16 is emulated and slower than float32. Measured on this project's 2-core AMD EPYC (AVX512-BF16):
-    the demo's unet3d_small step (batch 4 x 24 x 64 x 64) took 184 ms in float32, 145 ms with bfloat16,
-    123 ms with bfloat16 and channels-last (``python bench/train_step_precision.py``).
+    the demo's unet3d_small step (batch 4 x 24 x 64 x 64) took 199-210 ms in float32, 0.74-0.80 x that with
+    bfloat16 and 0.60-0.70 x with bfloat16 and channels-last (two runs of ``python bench/train_step_precision.py``).
     """
     if device.type == "cuda":
         return torch.float16
@@ -234,41 +234,38 @@ def _model_memory_format(model: torch.nn.Module) -> torch.memory_format:
     return torch.channels_last_3d if has3d else torch.channels_last
 
 
+def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` applied to every tensor inside nested tuples/lists/dicts; everything else unchanged."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def _channels_last_tensor(t: torch.Tensor) -> torch.Tensor:
+    if t.dim() == 5:
+        return t.contiguous(memory_format=torch.channels_last_3d)
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
 def _channels_last(obj: Any) -> Any:
     """4D/5D tensors (also inside tuples/lists/dicts) in channels-last layout; others unchanged."""
-    if isinstance(obj, torch.Tensor):
-        if obj.dim() == 5:
-            return obj.contiguous(memory_format=torch.channels_last_3d)
-        if obj.dim() == 4:
-            return obj.contiguous(memory_format=torch.channels_last)
-        return obj
-    if isinstance(obj, Mapping):
-        return {k: _channels_last(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_channels_last(v) for v in obj)
-    return obj
+    return _map_tensors(obj, _channels_last_tensor)
 
 
 def _float32(obj: Any) -> Any:
     """Floating tensors (also inside tuples/lists/dicts) as float32; others unchanged."""
-    if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.is_floating_point() else obj
-    if isinstance(obj, Mapping):
-        return {k: _float32(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_float32(v) for v in obj)
-    return obj
+    return _map_tensors(obj, lambda t: t.float() if t.is_floating_point() else t)
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
     """Move tensors inside nested tuples/lists/dicts to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
+    return _map_tensors(obj, lambda t: t.to(device, non_blocking=True))
 
 
 def _split_batch(batch: Any) -> tuple[Any, Any]:

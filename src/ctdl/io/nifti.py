@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import zlib
 from pathlib import Path
@@ -96,18 +97,10 @@ def write_nifti(vol: Volume, path: str | Path, dtype: np.dtype | None = None) ->
     return path
 
 
-class _NoFile:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _open_gz(path: Path, mode: str) -> Any:
     """An ISA-L gzip file object for a .gz path (level 1 when writing, as nibabel's default), else a null context."""
     if _igzip is None or not str(path).lower().endswith(".gz"):
-        return _NoFile()
+        return contextlib.nullcontext()
     return _igzip.open(str(path), mode, compresslevel=1) if "w" in mode else _igzip.open(str(path), mode)
 
 
