@@ -7,7 +7,8 @@ then, each in its own process so peak RSS is measured per mode, times:
 * ``whole``:  ctdl prediction over the whole volume (MONAI sliding window inside),
 * ``monai``:  the named baseline: the same network and weights, the same preprocessing (resample to the
               model's training spacing, HU window, normalization), then ``monai.inferers.sliding_window_inference``
-              over the whole volume (same window, overlap 0.25, Gaussian blending), argmax, nearest resampling
+              over the whole volume (same window, overlap 0.25, Gaussian blending, and as many windows per forward
+              pass as the run's ``inference.batch_size``), argmax, nearest resampling
               back to the input grid, NIfTI written.
 
 Each mode reads the NIfTI and writes a NIfTI mask, so all three include IO. Prints wall time, peak RSS, Dice
@@ -76,7 +77,8 @@ def run_mode(mode: str, run: Path, image: Path, out: Path) -> dict:
         x = torch.from_numpy(pred.pre.intensity(img_s.array))[None]
         roi = tuple(pred.cfg.inference.roi_size or pred.cfg.sampling.patch_size)
         with torch.inference_mode():
-            logits = sliding_window_inference(x, roi, 1, pred.model, overlap=0.25, mode="gaussian")
+            logits = sliding_window_inference(x, roi, pred.cfg.inference.batch_size, pred.model, overlap=0.25,
+                                              mode="gaussian")
         labels = logits.argmax(1)[0].numpy().astype(np.uint8)
         del logits
         write_volume(pred.pre.restore(labels, ctx), out)

@@ -121,3 +121,21 @@ def test_component_boxes_rules() -> None:
     big[1:3, 5:23, 10:16] = 1                            # 18 rows x 6 columns
     (box,) = component_boxes(big, margin=(0, 1, 1), size_hw=(8, 8))
     assert box == (slice(1, 3), slice(4, 24), slice(9, 17))  # rows grown to 18 + 2, columns keep 8
+
+
+def test_component_boxes_merge_joins_fragments_and_keeps_far_false_positives_out() -> None:
+    from ctdl.data.preprocess import component_boxes
+
+    m = np.zeros((20, 30, 30), np.uint8)
+    m[2:8, 2:10, 2:8] = 1      # kidney A, 288 voxels
+    m[2:8, 12:14, 2:8] = 2     # a tumour fragment two empty rows away from A, 72 voxels
+    m[2:8, 2:10, 20:28] = 1    # kidney B, 384 voxels
+    m[15:19, 20:30, 10:18] = 1  # a false positive far away, 320 voxels: more than A alone, less than A + fragment
+    # without merging the false positive is the second-largest component and kidney A gets no box at all
+    assert component_boxes(m) == [(slice(2, 8), slice(2, 10), slice(20, 28)), (slice(15, 19), slice(20, 30), slice(10, 18))]
+    # one voxel of reach bridges the two-voxel gap: A + fragment (360) and B (384) are the two groups kept;
+    # the box is the tight box of the group's foreground, not of the grown mask
+    assert component_boxes(m, merge=1) == [(slice(2, 8), slice(2, 10), slice(20, 28)),
+                                           (slice(2, 8), slice(2, 14), slice(2, 8))]
+    # max_components 3 brings the false positive back, as its own group
+    assert len(component_boxes(m, merge=1, max_components=3)) == 3

@@ -474,3 +474,48 @@ def test_block_mean_of_integer_ct_is_exact_and_float32() -> None:
     assert np.allclose(out.array[4], arr[24:].astype(np.float64).reshape(1, 7, 2, 9).mean(axis=(0, 2)), atol=1e-3)
     assert np.array_equal(out.array, pp._block_mean(Volume.from_array(arr.astype(np.float32), spacing=(0.5, 1.0, 1.0)),
                                                     np.array([6, 2, 1]), order=1).array)
+
+
+def test_block_mean_of_a_flipped_view_equals_that_of_a_copy() -> None:
+    """reorient(copy=False) hands a flipped view to the block mean: the blocks (a partial one included) are the
+    copy's, and the view is not copied by the reduction."""
+    rng = np.random.default_rng(2)
+    arr = rng.integers(-1024, 3000, (23, 17, 19)).astype(np.int16)  # no axis a multiple of its block
+    vol = Volume.from_array(arr, spacing=(0.5, 1.0, 1.0), direction=IPL)
+    view = pp.reorient(vol, copy=False)
+    assert np.shares_memory(view.array, arr) and view.array.strides[0] < 0
+    copied = pp.reorient(vol)
+    assert not np.shares_memory(copied.array, arr)
+    k = np.array([3, 2, 4])
+    a, b = pp._block_mean(view, k, order=1), pp._block_mean(copied, k, order=1)
+    assert a.shape == (8, 9, 5) and np.array_equal(a.array, b.array) and np.array_equal(a.affine, b.affine)
+    assert np.isclose(a.array[0, 0, 0], arr[-3:, :2, :4].mean(dtype=np.float64), atol=1e-3)  # first block: last 3 slices
+    assert np.isclose(a.array[-1, 0, 0], arr[:2, :2, :4].mean(dtype=np.float64), atol=1e-3)  # partial block of 2
+
+
+def test_nearest_resampling_on_axis_aligned_grids_equals_scipy() -> None:
+    """The separable nearest-neighbour path gives scipy's affine_transform(order=0, mode='nearest') exactly,
+    ties (x.5) and flipped axes included; a rotated grid is not axis-aligned and goes to scipy."""
+    import scipy.ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    for t in range(200):
+        src = rng.integers(0, 3, tuple(rng.integers(3, 20, 3))).astype(np.uint8)
+        shape = tuple(int(v) for v in rng.integers(3, 40, 3))
+        m = np.eye(4)
+        for i in range(3):
+            m[i, i] = rng.choice([1 / 6, 0.5, 1 / 3, 2.0, 1.0, rng.uniform(0.1, 3)]) * (-1 if t % 2 and i == 0 else 1)
+            m[i, 3] = rng.choice([0.0, -5 / 12, 0.25, 0.5, rng.uniform(-3, 3)]) + (src.shape[i] - 1 if m[i, i] < 0 else 0)
+        ref = ndi.affine_transform(src, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=0, mode="nearest")
+        assert pp._axis_aligned(m, shape)
+        assert np.array_equal(pp._nearest_separable(src, m, shape), ref), t
+    rot = np.eye(4)
+    rot[:2, :2] = [[np.cos(0.1), -np.sin(0.1)], [np.sin(0.1), np.cos(0.1)]]
+    assert not pp._axis_aligned(rot, (10, 10, 10))
+    # through the public function: labels upsampled 6 x 2 x 2 back onto a 0.5 x 0.75 x 0.75 mm reference grid
+    lab = Volume.from_array(rng.integers(0, 3, (8, 10, 10)).astype(np.uint8), spacing=(3.0, 1.5, 1.5))
+    ref_grid = pp.resample(Volume.from_array(np.zeros(lab.shape, np.float32), spacing=lab.spacing),
+                           (0.5, 0.75, 0.75))  # the same extent, finer voxels
+    out = pp.resample_to_reference(lab, ref_grid, is_label=True)
+    assert out.shape == (48, 20, 20)
+    assert np.array_equal(out.array, np.repeat(np.repeat(np.repeat(lab.array, 6, 0), 2, 1), 2, 2))

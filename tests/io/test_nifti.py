@@ -151,3 +151,24 @@ def test_isal_gzip_is_standard_gzip_both_ways(tmp_path: Path, rng: np.random.Gen
     ours = write_nifti(vol, tmp_path / "ours.nii.gz")  # ISA-L
     assert_file_restored(ours, arr, KITS_AFFINE)  # read back by nibabel + zlib
     assert np.array_equal(read_nifti(ours).array, vol.array)
+
+
+@pytest.mark.parametrize("shape", [(37, 5, 6), (16, 3, 4), (5, 7), (40, 3, 2, 2)])
+def test_fortran_copy_in_slabs_equals_numpys(shape: tuple[int, ...], rng: np.random.Generator) -> None:
+    from ctdl.io.nifti import _fortran
+
+    arr = rng.integers(0, 255, shape).astype(np.uint8)  # C-ordered; 37 and 40 are not multiples of the slab
+    out = _fortran(arr, slab=16)
+    assert out.flags.f_contiguous and np.array_equal(out, arr) and not np.shares_memory(out, arr)
+    f = np.asfortranarray(arr)
+    assert _fortran(f) is f  # already Fortran-ordered: no copy
+
+
+def test_c_ordered_volume_writes_the_same_file_as_fortran_ordered(tmp_path: Path, rng: np.random.Generator) -> None:
+    arr = rng.integers(0, 3, (40, 9, 11)).astype(np.uint8)
+    c = Volume.from_array(np.ascontiguousarray(arr), spacing=(2.0, 0.8, 0.8))
+    f = Volume.from_array(np.asfortranarray(arr), spacing=(2.0, 0.8, 0.8))
+    write_volume(c, tmp_path / "c.nii.gz")
+    write_volume(f, tmp_path / "f.nii.gz")
+    assert np.array_equal(read_volume(tmp_path / "c.nii.gz").array, arr)
+    assert np.array_equal(read_volume(tmp_path / "f.nii.gz").array, arr)

@@ -55,8 +55,9 @@ class SegPreprocessor:
     # -- geometry ----------------------------------------------------------------------
     def geometry(self, image: Volume, label: Volume | None = None) -> tuple[Volume, Volume | None, GeometryContext]:
         cfg = self.cfg
-        img_r = pp.reorient(image) if cfg.reorient else image
-        lab_r = pp.reorient(label) if (cfg.reorient and label is not None) else label
+        # views, not copies: every step below writes new arrays (a view that reaches the end is copied there)
+        img_r = pp.reorient(image, copy=False) if cfg.reorient else image
+        lab_r = pp.reorient(label, copy=False) if (cfg.reorient and label is not None) else label
         img_s, lab_s = img_r, lab_r
         target = self.target_spacing
         if target is not None and not np.allclose(img_r.spacing, target, atol=1e-3):
@@ -71,6 +72,10 @@ class SegPreprocessor:
         arr = img_s.array.astype(np.float32, copy=False)
         if cfg.hu_window is not None:
             arr = pp.clip_hu(arr, cfg.hu_window)
+        if np.may_share_memory(arr, image.array):
+            arr = arr.copy()
+        if lab_s is not None and label is not None and np.may_share_memory(lab_s.array, label.array):
+            lab_s = Volume(lab_s.array.copy(), lab_s.affine, lab_s.meta, lab_s.file_axes)
         img_s = Volume(arr, img_s.affine, img_s.meta, img_s.file_axes)
         ctx = GeometryContext(_empty_like(image), _empty_like(img_r), img_s.affine.copy(), img_s.shape)
         return img_s, lab_s, ctx
@@ -215,7 +220,7 @@ class SegPreprocessor:
             vol = pp.resample_to_reference(vol, ctx.reoriented, is_label=True)
         if self.cfg.reorient:
             vol = pp.undo_reorient(vol, ctx.original)
-        return Volume(vol.array.astype(np.uint8), ctx.original.affine.copy(), {}, ctx.original.file_axes)
+        return Volume(vol.array.astype(np.uint8, copy=False), ctx.original.affine.copy(), {}, ctx.original.file_axes)
 
     def settings_hash(self) -> str:
         geo = self.cfg.model_dump(mode="json", include={"reorient", "image_interpolation", "hu_window"})

@@ -162,19 +162,25 @@ def _flips_between(vol: Volume, target: str) -> tuple[int, ...]:
     return tuple(i for i in range(3) if current[i] != target[i])
 
 
-def _flip(vol: Volume, flips: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _flip(vol: Volume, flips: tuple[int, ...], copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Flip the array along ``flips``; nibabel gives the matching affine (world coords unchanged)."""
     ornt = np.array([[i, -1.0 if i in flips else 1.0] for i in range(3)])
-    arr = np.flip(vol.array, axis=flips).copy() if flips else vol.array.copy()
+    arr = np.flip(vol.array, axis=flips) if flips else vol.array
+    if copy:
+        arr = arr.copy()
     affine = vol.affine @ nib.orientations.inv_ornt_aff(ornt, vol.shape)
     return arr, affine
 
 
-def reorient(vol: Volume, target: str = CANONICAL_ORIENTATION) -> Volume:
-    """Flip array axes so the volume has orientation ``target`` (default ``CANONICAL_ORIENTATION``)."""
+def reorient(vol: Volume, target: str = CANONICAL_ORIENTATION, copy: bool = True) -> Volume:
+    """Flip array axes so the volume has orientation ``target`` (default ``CANONICAL_ORIENTATION``).
+
+    ``copy=False`` returns a (possibly flipped) view of the input's array: for callers that only read it
+    (copying a 611 x 512 x 512 CT took 0.4 s).
+    """
     vol = _vol(vol)
     target = _check_code(target)
-    arr, affine = _flip(vol, _flips_between(vol, target))
+    arr, affine = _flip(vol, _flips_between(vol, target), copy)
     return _new_volume(vol, arr, affine)
 
 
@@ -241,6 +247,28 @@ def _outside_mask(matrix: np.ndarray, in_shape: tuple[int, ...], out_shape: tupl
     return mask
 
 
+def _axis_aligned(matrix: np.ndarray, shape: tuple[int, ...]) -> bool:
+    """Whether output index -> input index maps each axis on its own (off-diagonal terms move no coordinate by
+    more than 1e-9 voxel anywhere in the output)."""
+    off = np.abs(matrix[:3, :3] - np.diag(np.diag(matrix[:3, :3])))
+    return bool((off @ np.asarray(shape, float)).max() < 1e-9)
+
+
+def _nearest_separable(src: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resampling between axis-aligned grids as three 1D index lookups.
+
+    Hand-written: scipy's ``affine_transform(order=0)`` evaluates the full matrix per voxel (0.49 s to put a
+    kidney crop's labels back onto a 0.5 mm grid here); on axis-aligned grids nearest neighbour is separable.
+    Same rule as scipy's (index floor(x + 0.5), clipped to the edge as mode 'nearest').
+    """
+    out = src
+    for ax in range(3):
+        c = matrix[ax, ax] * np.arange(shape[ax], dtype=np.float64) + matrix[ax, 3]
+        idx = np.clip(np.floor(c + 0.5), 0, src.shape[ax] - 1).astype(np.intp)
+        out = np.take(out, idx, axis=ax)
+    return out
+
+
 def _resample_onto(
     vol: Volume, affine: np.ndarray, shape: tuple[int, int, int], order: int, is_label: bool, fill: float | None
 ) -> np.ndarray:
@@ -252,6 +280,8 @@ def _resample_onto(
         raise InputError(f"volume affine is singular:\n{vol.affine}") from exc
     if shape == vol.shape and np.allclose(matrix, np.eye(4), atol=1e-9):
         out = src.copy()
+    elif order == 0 and _axis_aligned(matrix, shape):
+        out = _nearest_separable(src, matrix, shape)
     else:
         is_bool = src.dtype == np.bool_
         work = src.view(np.uint8) if is_bool else src
@@ -282,14 +312,21 @@ def _block_mean(vol: Volume, k: np.ndarray, order: int) -> Volume:
         if kk <= 1:
             continue
         n = out.shape[axis]
-        full = (n // kk) * kk
+        # a flipped view (reorient without a copy) is reduced in its base's order, where its blocks start at
+        # the other end, and the small result flipped back: same blocks, no copy of the volume by reshape
+        flipped = out.strides[axis] < 0
+        src = np.flip(out, axis) if flipped else out
+        r = n % kk
         lead = (slice(None),) * axis
-        head = out[lead + (slice(0, full),)]
+        head = src[lead + ((slice(r, n) if flipped else slice(0, n - r)),)]
         shape = head.shape[:axis] + (n // kk, kk) + head.shape[axis + 1 :]
         parts = [head.reshape(shape).mean(axis=axis + 1, dtype=np.float32)]
-        if full < n:
-            parts.append(out[lead + (slice(full, n),)].mean(axis=axis, keepdims=True, dtype=np.float32))
+        if r:
+            tail = src[lead + ((slice(0, r) if flipped else slice(n - r, n)),)]
+            parts.insert(0 if flipped else 1, tail.mean(axis=axis, keepdims=True, dtype=np.float32))
         out = np.concatenate(parts, axis=axis) if len(parts) > 1 else parts[0]
+        if flipped:
+            out = np.flip(out, axis)
     # a trailing partial block has its own centre; use the regular grid (its centre shift is < half a block)
     affine = vol.affine.copy()
     affine[:3, :3] = vol.affine[:3, :3] * k[None, :]
@@ -776,24 +813,32 @@ def fixed_window(center: float, size: int, n: int) -> slice:
 
 
 def component_boxes(mask: np.ndarray, margin: int | Sequence[int] = 0, size_hw: Sequence[int] | None = None,
-                    max_components: int = 2, min_fraction: float = 0.1) -> list[BBox]:
+                    max_components: int = 2, min_fraction: float = 0.1,
+                    merge: int | Sequence[int] = 0) -> list[BBox]:
     """One box per connected foreground component (largest first; e.g. one per kidney).
 
     Along the slice axis each box spans its component plus ``margin``; in-plane it is the component's box
     plus margin, or (``size_hw``) a rows x cols window centred on the component and moved inside the
     volume (FCN-PPM: 150 x 150 around each kidney). That window is a minimum: a component larger than it (a
     kidney with a large exophytic tumour) gets a window of its own extent plus margin, so no crop cuts a kidney.
-    Components smaller than ``min_fraction`` of the largest are noise and get no box. Written here: MONAI's crop
-    transforms take one foreground, not one per component.
+    Components smaller than ``min_fraction`` of the largest are noise and get no box. ``merge`` (voxels per
+    axis) groups components that lie within that distance of each other (a tumour fragment the coarse pass
+    split from its kidney) into one; a group's size is its foreground voxel count and its box the tight box of
+    that foreground. Written here: MONAI's crop transforms take one foreground, not one per component.
     """
     arr = np.asarray(mask)
     _check_3d(arr, "mask")
     marg = _triple(margin, "margin", integer=True)
-    comps, n = ndi.label(arr != 0, structure=np.ones((3, 3, 3), bool))
+    reach = _triple(merge, "merge", integer=True)
+    fg = arr != 0
+    grown = ndi.maximum_filter(fg, size=[2 * r + 1 for r in reach]) if any(reach) else fg
+    comps, n = ndi.label(grown, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return []
-    sizes = np.bincount(comps.ravel())[1:]
-    order = [int(i) for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_fraction * sizes.max()]
+    if any(reach):
+        comps[~fg] = 0  # groups found on the grown mask; sizes and boxes from the foreground itself
+    sizes = np.bincount(comps.ravel(), minlength=n + 1)[1:]
+    order = [int(i) for i in np.argsort(-sizes, kind="stable") if sizes[i] > 0 and sizes[i] >= min_fraction * sizes.max()]
     objects = ndi.find_objects(comps)
     boxes: list[BBox] = []
     for i in order[:max_components]:

@@ -85,7 +85,7 @@ def write_nifti(vol: Volume, path: str | Path, dtype: np.dtype | None = None) ->
     # NIfTI stores Fortran order: a Fortran-ordered array is written as it lies in memory (the file-order view of
     # a C-ordered (D, H, W) array already is one); a C-ordered copy made nibabel re-transpose it chunk by chunk
     # (3.2 s instead of 0.4 s for a 611 x 512 x 512 mask)
-    img = nib.Nifti1Image(np.asfortranarray(arr), aff)
+    img = nib.Nifti1Image(_fortran(arr), aff)
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
     with atomic_path(path) as tmp:
@@ -95,6 +95,20 @@ def write_nifti(vol: Volume, path: str | Path, dtype: np.dtype | None = None) ->
             else:
                 img.to_file_map(_file_map(tmp, fobj))
     return path
+
+
+def _fortran(arr: np.ndarray, slab: int = 16) -> np.ndarray:
+    """A Fortran-ordered copy of ``arr`` (itself if it already is one), copied slab by slab along axis 0.
+
+    Hand-written because ``np.asfortranarray`` of a C-ordered 611 x 512 x 512 uint8 mask took 1.7 s here against
+    0.5 s in slabs of 16 (each slab's transpose stays in cache; 16 was the fastest of 2..64 for uint8 and int16).
+    """
+    if arr.flags.f_contiguous or arr.ndim < 2 or arr.shape[0] <= slab:
+        return np.asfortranarray(arr)
+    out = np.empty(arr.shape, arr.dtype, order="F")
+    for i in range(0, arr.shape[0], slab):
+        out[i : i + slab] = arr[i : i + slab]
+    return out
 
 
 def _open_gz(path: Path, mode: str) -> Any:
