@@ -80,7 +80,7 @@ def test_thesis_recipe_runs_at_demo_scale(key: str, shared_data: Path, tmp_path:
 @pytest.mark.slow
 def test_fcn_ppm_recipe_runs_at_demo_scale_reduced(shared_data: Path, tmp_path: Path, phantom_cache: Path) -> None:
     """The demo scale's pipeline (per-kidney ROI, voting, CRF, 18-connected LCC) with fewer epochs and cases;
-    the full demo scale (about 10 CPU minutes) is measured outside the suite."""
+    the full demo scale (about 30 minutes at one CPU thread) is measured outside the suite."""
     rc = main(["train", str(RECIPES / "fcn_ppm_kidney.yaml"), "--scale", "demo", "--quiet",
                "--set", f"output_dir={tmp_path}", "--set", f"data.cache_dir={phantom_cache}",
                "--set", "data.cases=6", "--set", "data.split.train=0.5", "--set", "data.split.val=0.17",
